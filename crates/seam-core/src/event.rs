@@ -1,0 +1,146 @@
+//! The normalised event: what ingest makes of a Segment call, and what the event log stores.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{Identifier, Millis};
+
+/// The call an event came from, or the system event it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Identify,
+    Track,
+    Page,
+    Screen,
+    Group,
+    Alias,
+    /// A profile was merged into another (system event).
+    Merge,
+    /// Two profiles shared an identifier but could not be merged (system event).
+    IdentityConflict,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identify => "identify",
+            Self::Track => "track",
+            Self::Page => "page",
+            Self::Screen => "screen",
+            Self::Group => "group",
+            Self::Alias => "alias",
+            Self::Merge => "merge",
+            Self::IdentityConflict => "identity_conflict",
+        }
+    }
+
+    pub fn kind(self) -> EventKind {
+        match self {
+            Self::Merge | Self::IdentityConflict => EventKind::System,
+            _ => EventKind::Received,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "identify" => Self::Identify,
+            "track" => Self::Track,
+            "page" => Self::Page,
+            "screen" => Self::Screen,
+            "group" => Self::Group,
+            "alias" => Self::Alias,
+            "merge" => Self::Merge,
+            "identity_conflict" => Self::IdentityConflict,
+            _ => return None,
+        })
+    }
+}
+
+/// Whether an event came from outside (and counts for the person) or was written by Seam itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Received,
+    System,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::System => "system",
+        }
+    }
+}
+
+/// One normalised event as the log keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub message_id: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// The track event's name, or the page/screen name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<String>,
+    /// For alias: the id the person was known by before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Every usable identifier the event carries, normalised (junk values already dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifiers: Vec<Identifier>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub traits: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub properties: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub context: Map<String, Value>,
+    /// When it happened, corrected for the sender's clock skew.
+    pub timestamp: Millis,
+    pub received_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_timestamp: Option<Millis>,
+    /// The library or system that sent it (`analytics-python`, `seam`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The channel it came through (`web`, `mobile`, `server`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+}
+
+impl Event {
+    /// A system event with no identifiers of its own.
+    pub fn system(
+        message_id: String,
+        kind: EventType,
+        at: Millis,
+        properties: Map<String, Value>,
+    ) -> Self {
+        Self {
+            message_id,
+            kind,
+            event: None,
+            user_id: None,
+            anonymous_id: None,
+            previous_id: None,
+            group_id: None,
+            identifiers: Vec::new(),
+            traits: Map::new(),
+            properties,
+            context: Map::new(),
+            timestamp: at,
+            received_at: at,
+            sent_at: None,
+            original_timestamp: None,
+            source: Some("seam".to_owned()),
+            channel: None,
+        }
+    }
+}
