@@ -137,6 +137,13 @@ impl Default for IdentifierRules {
 }
 
 impl IdentifierRules {
+    /// Rules with no type at all (the default rules hold the four built-in types).
+    pub fn empty() -> Self {
+        Self {
+            types: BTreeMap::new(),
+        }
+    }
+
     /// Adds or replaces the rule of one type.
     pub fn set(&mut self, kind: IdentifierType, rule: TypeRule) {
         self.types.insert(kind, rule);

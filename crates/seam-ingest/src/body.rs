@@ -76,14 +76,16 @@ pub fn decode_body(
         return Err(BodyError::TooLarge { limit: max_bytes });
     }
     let text = std::str::from_utf8(bytes).map_err(|e| BodyError::InvalidUtf8(e.valid_up_to()))?;
-    let is_form = content_type
+    // A body that is a JSON object is JSON whatever it is labelled (curl labels `-d` bodies form-encoded).
+    let looks_like_json = text.trim_start().starts_with('{');
+    let labelled_form = content_type
         .map(|c| {
             c.trim()
                 .to_ascii_lowercase()
                 .starts_with("application/x-www-form-urlencoded")
         })
-        .unwrap_or(false)
-        || (!text.trim_start().starts_with('{') && text.starts_with("data="));
+        .unwrap_or(false);
+    let is_form = !looks_like_json && (labelled_form || text.starts_with("data="));
     let value = if is_form {
         decode_form(text)?
     } else {

@@ -1,0 +1,157 @@
+//! Prometheus text metrics: events accepted, rejected and deduplicated, requests by status, the acknowledgement
+//! latency histogram and the processing lag.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use crate::AppState;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const STATUSES: [u16; 10] = [200, 400, 401, 403, 404, 413, 415, 429, 500, 503];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    rejected: AtomicU64,
+    ack_buckets: [AtomicU64; BUCKETS.len()],
+    ack_count: AtomicU64,
+    ack_sum_us: AtomicU64,
+    requests: [AtomicU64; STATUSES.len()],
+    requests_other: AtomicU64,
+}
+
+impl Metrics {
+    pub fn observe_ack(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.ack_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.ack_count.fetch_add(1, Ordering::Relaxed);
+        self.ack_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn count_rejected(&self, n: u64) {
+        self.rejected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn count_request(&self, status: u16) {
+        match STATUSES.iter().position(|&s| s == status) {
+            Some(i) => self.requests[i].fetch_add(1, Ordering::Relaxed),
+            None => self.requests_other.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
+    let m = &s.metrics;
+    let st = s.store.stats();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::with_capacity(2048);
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    };
+    counter(
+        "seam_events_accepted_total",
+        "Events stored in the event log (each messageId once).",
+        load(&st.stored),
+    );
+    counter(
+        "seam_events_rejected_total",
+        "Events (or whole bodies) rejected as invalid.",
+        load(&m.rejected),
+    );
+    counter(
+        "seam_events_deduplicated_total",
+        "Events not stored again because their messageId was already in the log.",
+        load(&st.deduplicated),
+    );
+    counter(
+        "seam_group_commits_total",
+        "Transactions committed by the log writer.",
+        load(&st.commits),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP seam_http_requests_total Collection requests answered, by status."
+    );
+    let _ = writeln!(out, "# TYPE seam_http_requests_total counter");
+    for (i, status) in STATUSES.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "seam_http_requests_total{{status=\"{status}\"}} {}",
+            load(&m.requests[i])
+        );
+    }
+    let _ = writeln!(
+        out,
+        "seam_http_requests_total{{status=\"other\"}} {}",
+        load(&m.requests_other)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP seam_ack_latency_seconds Time from request to acknowledgement of collection calls."
+    );
+    let _ = writeln!(out, "# TYPE seam_ack_latency_seconds histogram");
+    for (i, le) in BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "seam_ack_latency_seconds_bucket{{le=\"{le}\"}} {}",
+            load(&m.ack_buckets[i])
+        );
+    }
+    let count = load(&m.ack_count);
+    let _ = writeln!(
+        out,
+        "seam_ack_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+    );
+    let _ = writeln!(
+        out,
+        "seam_ack_latency_seconds_sum {}",
+        load(&m.ack_sum_us) as f64 / 1e6
+    );
+    let _ = writeln!(out, "seam_ack_latency_seconds_count {count}");
+    let log_seq = st.log_seq.load(Ordering::Relaxed);
+    let applied = st.applied_seq.load(Ordering::Relaxed);
+    let received = st.applied_received_at.load(Ordering::Relaxed);
+    let lag_secs = if received > 0 {
+        (s.clock.now_ms() - received).max(0) as f64 / 1000.0
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        out,
+        "# HELP seam_processing_lag_events Log positions written but not yet applied to profiles."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE seam_processing_lag_events gauge\nseam_processing_lag_events {}",
+        (log_seq - applied).max(0)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP seam_processing_lag_seconds Age of the oldest event not yet applied to profiles."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE seam_processing_lag_seconds gauge\nseam_processing_lag_seconds {lag_secs}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP seam_log_seq Highest position in the event log."
+    );
+    let _ = writeln!(out, "# TYPE seam_log_seq gauge\nseam_log_seq {log_seq}");
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

@@ -1,0 +1,208 @@
+//! Queries on the projections: a profile by id or by identifier, and a person's timeline.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use seam_core::clock::format_rfc3339;
+use seam_core::{Event, Identifier, Millis, ProfileId, Seq};
+use seam_profiles::ProfileState;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::{Store, StoreError, WorkspaceKey};
+
+/// How a profile is named in a URL: its id, or one of its identifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileRef {
+    Id(ProfileId),
+    Identifier(Identifier),
+}
+
+/// A profile as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProfileView {
+    pub id: ProfileId,
+    pub identities: Vec<Identifier>,
+    pub traits: Map<String, Value>,
+    pub first_seen: Option<String>,
+    pub last_seen: Option<String>,
+    pub event_count: u64,
+    /// Profiles that were merged into this one.
+    pub merged_from: Vec<ProfileId>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TimelineEntry {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub event: Option<String>,
+    pub timestamp: String,
+    pub received_at: String,
+    pub message_id: String,
+    pub source: Option<String>,
+    pub channel: Option<String>,
+    pub properties: Map<String, Value>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub traits: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TimelinePage {
+    pub events: Vec<TimelineEntry>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// A position in a timeline: the page continues with entries older than this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub ts: Millis,
+    pub seq: Seq,
+}
+
+impl Cursor {
+    pub fn encode(self) -> String {
+        format!("{}.{}", self.ts, self.seq)
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ts, seq) = s.split_once('.')?;
+        Some(Self {
+            ts: ts.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl Store {
+    /// The live profile a reference names (following merges), if any.
+    pub fn resolve(
+        &self,
+        ws: WorkspaceKey,
+        r: &ProfileRef,
+    ) -> Result<Option<ProfileId>, StoreError> {
+        self.with_reader(|c| resolve(c, ws, r))
+    }
+
+    pub fn profile(
+        &self,
+        ws: WorkspaceKey,
+        r: &ProfileRef,
+    ) -> Result<Option<ProfileView>, StoreError> {
+        self.with_reader(|c| {
+            let Some(id) = resolve(c, ws, r)? else { return Ok(None) };
+            let state: Option<String> = c
+                .query_row("SELECT state FROM profiles WHERE ws = ?1 AND id = ?2", params![ws.0, id.as_str()], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .flatten();
+            let state: ProfileState = match state {
+                Some(s) => serde_json::from_str(&s)?,
+                None => ProfileState::default(),
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT type, value FROM identities WHERE ws = ?1 AND profile_id = ?2 ORDER BY type, value",
+            )?;
+            let identities = stmt
+                .query_map(params![ws.0, id.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .map(|row| {
+                    let (t, v) = row?;
+                    let kind = seam_core::IdentifierType::parse(&t).map_err(StoreError::Corrupt)?;
+                    Ok(Identifier::new(kind, v))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let mut stmt = c.prepare_cached("SELECT id FROM profiles WHERE ws = ?1 AND merged_into = ?2 ORDER BY id")?;
+            let merged_from = stmt
+                .query_map(params![ws.0, id.as_str()], |r| r.get::<_, String>(0))?
+                .map(|row| ProfileId::parse(&row?).map_err(|e| StoreError::Corrupt(e.0.into())))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(ProfileView {
+                id,
+                identities,
+                traits: state.trait_values(),
+                first_seen: state.first_seen.map(format_rfc3339),
+                last_seen: state.last_seen.map(format_rfc3339),
+                event_count: state.event_count,
+                merged_from,
+            }))
+        })
+    }
+
+    /// A page of a profile's timeline, newest first.
+    pub fn timeline(
+        &self,
+        ws: WorkspaceKey,
+        profile: &ProfileId,
+        before: Option<Cursor>,
+        limit: usize,
+    ) -> Result<TimelinePage, StoreError> {
+        self.with_reader(|c| {
+            let before = before.unwrap_or(Cursor {
+                ts: Millis::MAX,
+                seq: Seq::MAX,
+            });
+            let mut stmt = c.prepare_cached(
+                "SELECT t.ts, t.seq, e.body FROM timeline t JOIN events e ON e.seq = t.seq
+                 WHERE t.ws = ?1 AND t.profile_id = ?2 AND (t.ts, t.seq) < (?3, ?4)
+                 ORDER BY t.ts DESC, t.seq DESC LIMIT ?5",
+            )?;
+            let rows: Vec<(Millis, Seq, String)> = stmt
+                .query_map(
+                    params![
+                        ws.0,
+                        profile.as_str(),
+                        before.ts,
+                        before.seq,
+                        limit as i64 + 1
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
+                .collect::<Result<_, _>>()?;
+            let more = rows.len() > limit;
+            let mut events = Vec::with_capacity(limit.min(rows.len()));
+            let mut last = None;
+            for (ts, seq, body) in rows.into_iter().take(limit) {
+                let e: Event = serde_json::from_str(&body)?;
+                events.push(TimelineEntry {
+                    kind: e.kind.as_str().to_owned(),
+                    event: e.event,
+                    timestamp: format_rfc3339(e.timestamp),
+                    received_at: format_rfc3339(e.received_at),
+                    message_id: e.message_id,
+                    source: e.source,
+                    channel: e.channel,
+                    properties: e.properties,
+                    traits: e.traits,
+                });
+                last = Some(Cursor { ts, seq });
+            }
+            Ok(TimelinePage {
+                events,
+                next: if more { last.map(Cursor::encode) } else { None },
+            })
+        })
+    }
+}
+
+fn resolve(
+    c: &Connection,
+    ws: WorkspaceKey,
+    r: &ProfileRef,
+) -> Result<Option<ProfileId>, StoreError> {
+    let id: Option<String> = match r {
+        ProfileRef::Id(id) => c
+            .query_row(
+                "SELECT COALESCE(merged_into, id) FROM profiles WHERE ws = ?1 AND id = ?2",
+                params![ws.0, id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?,
+        ProfileRef::Identifier(i) => c
+            .query_row(
+                "SELECT profile_id FROM identities WHERE ws = ?1 AND type = ?2 AND value = ?3",
+                params![ws.0, i.kind.as_str(), i.value],
+                |r| r.get(0),
+            )
+            .optional()?,
+    };
+    id.map(|s| ProfileId::parse(&s).map_err(|e| StoreError::Corrupt(e.0.into())))
+        .transpose()
+}

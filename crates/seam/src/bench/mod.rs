@@ -1,0 +1,293 @@
+//! `seam bench …`: drives a real `seam serve` process over HTTP with generated shop traffic and reports what it
+//! measured. The server runs as a child process on a fresh data folder, so its resident memory is its own.
+
+pub mod shop;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use seam_core::clock::{Clock, Stopwatch, SystemClock};
+use serde::Serialize;
+
+use crate::cli::IngestBench;
+
+#[derive(Debug, Serialize)]
+pub struct IngestReport {
+    pub events: usize,
+    pub batch: usize,
+    pub concurrency: usize,
+    pub target_rate: Option<u64>,
+    pub people: usize,
+    /// Seconds from the first request to the last acknowledgement.
+    pub acked_secs: f64,
+    /// Seconds from the first request until every event was applied to profiles.
+    pub applied_secs: f64,
+    pub acked_events_per_sec: f64,
+    pub applied_events_per_sec: f64,
+    pub ack_p50_ms: f64,
+    pub ack_p90_ms: f64,
+    pub ack_p99_ms: f64,
+    pub ack_max_ms: f64,
+    pub retries_503: usize,
+    pub server_peak_rss_mib: f64,
+    pub server_rss_mib: f64,
+    pub data_folder_mib: f64,
+}
+
+/// A `seam serve` child process on a fresh port.
+struct ServerProcess {
+    child: tokio::process::Child,
+    base: String,
+    write_key: String,
+}
+
+impl ServerProcess {
+    async fn start(data: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let out = std::process::Command::new(&exe)
+            .args(["init", "--json", "--data"])
+            .arg(data)
+            .env("SEAM_LOG__LEVEL", "warn")
+            .output()
+            .context("running seam init")?;
+        if !out.status.success() {
+            bail!("seam init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let creds: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let write_key = creds["write_key"].as_str().context("write_key")?.to_owned();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = tokio::process::Command::new(&exe)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data)
+            .env("SEAM_LOG__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting seam serve")?;
+        let s = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            write_key,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..500 {
+            if client
+                .get(format!("{}/healthz", s.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                return Ok(s);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        bail!("the server did not start answering within 5 s")
+    }
+
+    fn memory_mib(&self) -> (f64, f64) {
+        let Some(pid) = self.child.id() else {
+            return (0.0, 0.0);
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .map_or(0.0, |kib| kib / 1024.0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// `seam bench ingest`.
+pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
+    let temp;
+    let data = match &args.data {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().join("data")
+        }
+    };
+    eprintln!(
+        "generating {} events for {} people…",
+        args.events, args.people
+    );
+    let start_ms = SystemClock.now_ms() - 30 * 86_400_000;
+    let mut shop = shop::Shop::new(args.people, args.seed, start_ms);
+    let mut events = shop.events(args.events);
+    events.truncate(args.events);
+    let bodies = Arc::new(shop::batches(&events, args.batch));
+    drop(events);
+
+    let server = ServerProcess::start(&data).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let url = format!("{}/v1/batch", server.base);
+    let next = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicUsize::new(0));
+    eprintln!(
+        "sending {} batches of {} with {} in flight…",
+        bodies.len(),
+        args.batch,
+        args.concurrency
+    );
+    let clock = Stopwatch::start();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, url, bodies, next, retries) = (
+            client.clone(),
+            url.clone(),
+            bodies.clone(),
+            next.clone(),
+            retries.clone(),
+        );
+        let key = server.write_key.clone();
+        let (rate, batch) = (args.rate, args.batch);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= bodies.len() {
+                    break;
+                }
+                if let Some(rate) = rate {
+                    let due = Duration::from_secs_f64(i as f64 * batch as f64 / rate as f64);
+                    let elapsed = clock.elapsed();
+                    if due > elapsed {
+                        tokio::time::sleep(due - elapsed).await;
+                    }
+                }
+                loop {
+                    let t = Stopwatch::start();
+                    let resp = client
+                        .post(&url)
+                        .basic_auth(&key, Some(""))
+                        .header("content-type", "application/json")
+                        .body(bodies[i].clone())
+                        .send()
+                        .await?;
+                    let status = resp.status();
+                    let _ = resp.bytes().await?;
+                    if status.as_u16() == 503 || status.as_u16() == 429 {
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    if !status.is_success() {
+                        bail!("batch {i} answered {status}");
+                    }
+                    latencies.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    break;
+                }
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(bodies.len());
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let acked = clock.elapsed();
+    // Wait until the server has applied everything to profiles.
+    let health = format!("{}/healthz", server.base);
+    let target = loop {
+        let h: serde_json::Value = client.get(&health).send().await?.json().await?;
+        let (log, applied) = (
+            h["log_seq"].as_i64().unwrap_or(0),
+            h["applied_seq"].as_i64().unwrap_or(-1),
+        );
+        if applied >= log {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let applied = clock.elapsed();
+    let (peak, rss) = server.memory_mib();
+    latencies.sort_unstable();
+    let report = IngestReport {
+        events: args.events,
+        batch: args.batch,
+        concurrency: args.concurrency,
+        target_rate: args.rate,
+        people: args.people,
+        acked_secs: acked.as_secs_f64(),
+        applied_secs: applied.as_secs_f64(),
+        acked_events_per_sec: args.events as f64 / acked.as_secs_f64(),
+        applied_events_per_sec: args.events as f64 / applied.as_secs_f64(),
+        ack_p50_ms: percentile(&latencies, 0.50),
+        ack_p90_ms: percentile(&latencies, 0.90),
+        ack_p99_ms: percentile(&latencies, 0.99),
+        ack_max_ms: percentile(&latencies, 1.0),
+        retries_503: retries.load(Ordering::Relaxed),
+        server_peak_rss_mib: peak,
+        server_rss_mib: rss,
+        data_folder_mib: dir_size(&data) as f64 / 1_048_576.0,
+    };
+    let _ = target;
+    drop(server);
+    print_report(&report, args.json)
+}
+
+#[allow(clippy::print_stdout)] // the report is the command's output
+fn print_report(r: &IngestReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    println!(
+        "events             {} in batches of {}, {} in flight, {} people",
+        r.events, r.batch, r.concurrency, r.people
+    );
+    if let Some(rate) = r.target_rate {
+        println!("offered load       {rate} events/s");
+    }
+    println!(
+        "durable (acked)    {:.2} s   {:.0} events/s",
+        r.acked_secs, r.acked_events_per_sec
+    );
+    println!(
+        "applied to profiles {:.2} s  {:.0} events/s",
+        r.applied_secs, r.applied_events_per_sec
+    );
+    println!(
+        "ack latency        p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        r.ack_p50_ms, r.ack_p90_ms, r.ack_p99_ms, r.ack_max_ms
+    );
+    println!("503 retries        {}", r.retries_503);
+    println!(
+        "server memory      peak {:.0} MiB, at end {:.0} MiB",
+        r.server_peak_rss_mib, r.server_rss_mib
+    );
+    println!("data folder        {:.0} MiB", r.data_folder_mib);
+    Ok(())
+}

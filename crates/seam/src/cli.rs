@@ -1,0 +1,89 @@
+//! The command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Seam: one customer platform for every channel a shop meets its customers in.
+///
+/// Configuration comes in layers: built-in defaults, then `seam.toml` (or the file given by --config), then
+/// SEAM_* environment variables (SEAM_DATA, SEAM_DEFAULT_REGION, SEAM_SERVER__LISTEN, …), then flags.
+#[derive(Debug, Parser)]
+#[command(name = "seam", version, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (default: ./seam.toml when it exists).
+    #[arg(long, global = true, env = "SEAM_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data folder and a default workspace, and print its write key and secret key.
+    Init {
+        #[command(flatten)]
+        data: DataArg,
+        /// Print the keys as JSON: {"workspace", "write_key", "secret_key"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the server (initialising the data folder on first start).
+    Serve {
+        #[command(flatten)]
+        data: DataArg,
+        /// Address to listen on (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Replay the event log into fresh projections (profiles, identities, timelines).
+    Rebuild {
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Benchmarks that drive a real server with generated shop traffic.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DataArg {
+    /// Data folder (default ./seam-data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Ingest throughput and acknowledgement latency: HTTP batches to durable events applied to profiles.
+    Ingest(IngestBench),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct IngestBench {
+    /// Events to send.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Events per HTTP batch.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Send at this many events per second instead of as fast as possible (for latency at a given load).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// People in the generated shop.
+    #[arg(long, default_value_t = 100_000)]
+    pub people: usize,
+    /// Seed of the traffic generator.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Data folder for the server under test (default: a new temporary folder, removed afterwards).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
