@@ -83,6 +83,12 @@ pub struct IngestBench {
     /// Data folder for the server under test (default: a new temporary folder, removed afterwards).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Drive an already running server at this base URL instead of starting one (memory is then not reported).
+    #[arg(long, requires = "write_key")]
+    pub url: Option<String>,
+    /// The write key for --url.
+    #[arg(long)]
+    pub write_key: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

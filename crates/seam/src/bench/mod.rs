@@ -40,7 +40,8 @@ pub struct IngestReport {
 
 /// A `seam serve` child process on a fresh port.
 struct ServerProcess {
-    child: tokio::process::Child,
+    /// None when driving a server started elsewhere.
+    child: Option<tokio::process::Child>,
     base: String,
     write_key: String,
 }
@@ -72,7 +73,7 @@ impl ServerProcess {
             .spawn()
             .context("starting seam serve")?;
         let s = Self {
-            child,
+            child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
             write_key,
         };
@@ -92,7 +93,7 @@ impl ServerProcess {
     }
 
     fn memory_mib(&self) -> (f64, f64) {
-        let Some(pid) = self.child.id() else {
+        let Some(pid) = self.child.as_ref().and_then(|c| c.id()) else {
             return (0.0, 0.0);
         };
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -148,7 +149,14 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
     let bodies = Arc::new(shop::batches(&events, args.batch));
     drop(events);
 
-    let server = ServerProcess::start(&data).await?;
+    let server = match (&args.url, &args.write_key) {
+        (Some(url), Some(key)) => ServerProcess {
+            child: None,
+            base: url.trim_end_matches('/').to_owned(),
+            write_key: key.clone(),
+        },
+        _ => ServerProcess::start(&data).await?,
+    };
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;

@@ -1,0 +1,169 @@
+use serde_json::{json, Value};
+
+use crate::spawn_app;
+
+/// Every endpoint the router serves, as (method, OpenAPI path, a concrete path to call).
+const ENDPOINTS: &[(&str, &str, &str)] = &[
+    ("post", "/v1/identify", "/v1/identify"),
+    ("post", "/v1/track", "/v1/track"),
+    ("post", "/v1/page", "/v1/page"),
+    ("post", "/v1/screen", "/v1/screen"),
+    ("post", "/v1/group", "/v1/group"),
+    ("post", "/v1/alias", "/v1/alias"),
+    ("post", "/v1/batch", "/v1/batch"),
+    ("post", "/v1/i", "/v1/i"),
+    ("post", "/v1/t", "/v1/t"),
+    ("post", "/v1/p", "/v1/p"),
+    ("post", "/v1/s", "/v1/s"),
+    ("post", "/v1/g", "/v1/g"),
+    ("post", "/v1/a", "/v1/a"),
+    ("post", "/v1/b", "/v1/b"),
+    ("get", "/v1/profiles/{reference}", "/v1/profiles/user_id:1"),
+    (
+        "get",
+        "/v1/profiles/{reference}/events",
+        "/v1/profiles/user_id:1/events",
+    ),
+    ("get", "/openapi.json", "/openapi.json"),
+    ("get", "/healthz", "/healthz"),
+    ("get", "/metrics", "/metrics"),
+];
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_endpoint_and_nothing_else() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut described: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), p.clone()))
+        })
+        .collect();
+    described.sort();
+    let mut served: Vec<(String, String)> = ENDPOINTS
+        .iter()
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(described, served);
+    // And each described endpoint is really served (a 404 here would be the router's "no such endpoint").
+    for (method, _, concrete) in ENDPOINTS {
+        let url = format!("{}{concrete}", app.base);
+        let resp = match *method {
+            "post" => app.client.post(&url).json(&json!({})).send().await.unwrap(),
+            _ => app
+                .client
+                .get(&url)
+                .bearer_auth(&app.secret_key)
+                .send()
+                .await
+                .unwrap(),
+        };
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_ne!(body["code"], "not_found", "{method} {concrete}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_get_json_errors() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .get(format!("{}/nowhere", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
+    let r = app
+        .client
+        .post(format!("{}/v1/unknown-call", app.base))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = app
+        .client
+        .delete(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "method_not_allowed"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_accepted_rejected_and_deduplicated_events_and_ack_latency() {
+    let app = spawn_app().await;
+    app.send(
+        "/v1/batch",
+        json!({"batch": [
+            {"type": "track", "userId": "m", "event": "A", "messageId": "1"},
+            {"type": "track", "userId": "m", "event": "A", "messageId": "1"},
+            {"type": "track", "event": "no id"},
+        ]}),
+    )
+    .await;
+    app.store.caught_up().await;
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "seam_events_accepted_total 1",
+        "seam_events_rejected_total 1",
+        "seam_events_deduplicated_total 1",
+        "seam_http_requests_total{status=\"400\"} 1",
+        "seam_ack_latency_seconds_count 1",
+        "seam_processing_lag_events 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    let health: Value = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["log_seq"], health["applied_seq"]);
+}
+
+#[test]
+fn overload_and_shutdown_answer_503_with_retry_after() {
+    let e = seam_server::ApiError::from_store(seam_store::StoreError::Overloaded);
+    assert_eq!(
+        (e.status, e.code, e.retry_after),
+        (503, "overloaded", Some(1))
+    );
+    let e = seam_server::ApiError::from_store(seam_store::StoreError::Closed);
+    assert_eq!((e.status, e.retry_after.is_some()), (503, true));
+}
