@@ -281,6 +281,14 @@ fn parse_event(
     let mut traits = take_object(&mut obj, "traits");
     let properties = take_object(&mut obj, "properties");
     let mut context = take_object(&mut obj, "context");
+    if kind == EventType::Identify {
+        // Some SDKs (RudderStack's) send identify traits only in context.traits.
+        if let Some(Value::Object(ct)) = context.get("traits") {
+            for (k, v) in ct {
+                traits.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
     for (k, v) in &batch.context {
         context.entry(k.clone()).or_insert_with(|| v.clone());
     }

@@ -49,25 +49,16 @@ pub(crate) fn hash_key(key: &str) -> [u8; 32] {
 
 fn random_token(prefix: &str, len: usize) -> Result<String, StoreError> {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut bytes = vec![0u8; len];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-    // 62 * 4 = 248: rejecting bytes >= 248 keeps every character equally likely.
     let mut out = String::with_capacity(prefix.len() + len);
     out.push_str(prefix);
-    let mut pool = bytes.into_iter();
     while out.len() < prefix.len() + len {
-        let b = match pool.next() {
-            Some(b) => b,
-            None => {
-                let mut more = [0u8; 16];
-                getrandom::fill(&mut more)
-                    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-                pool = more.to_vec().into_iter();
-                continue;
+        let mut buf = [0u8; 64];
+        getrandom::fill(&mut buf).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        // 62 * 4 = 248: rejecting bytes >= 248 keeps every character equally likely.
+        for b in buf.into_iter().filter(|&b| b < 248) {
+            if out.len() == prefix.len() + len {
+                break;
             }
-        };
-        if b < 248 {
             out.push(ALPHABET[(b % 62) as usize] as char);
         }
     }

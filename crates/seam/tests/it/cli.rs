@@ -1,0 +1,92 @@
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use crate::{init, seam};
+
+#[test]
+fn init_prints_the_keys_as_json_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (write_key, secret_key) = init(&data);
+    assert!(write_key.starts_with("wk_") && secret_key.starts_with("sk_"));
+    let again = seam().args(["init", "--data"]).arg(&data).output().unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already initialised"), "{err}");
+    assert!(!err.contains(&write_key));
+}
+
+#[test]
+fn serve_on_a_new_folder_initialises_it_and_prints_the_keys_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fresh");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let start = || {
+        seam()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = start();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+    assert!(first[1].starts_with("write key:  wk_"), "{first:?}");
+    assert!(first[2].starts_with("secret key: sk_"), "{first:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The second start prints nothing on standard output: the keys are shown once.
+    let mut child = start();
+    let stdout = child.stdout.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rest: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert!(rest.iter().all(|l| !l.contains("wk_")), "{rest:?}");
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = seam()
+        .args(["init", "--data"])
+        .arg(dir.path())
+        .env("SEAM_DEFAULT_REGION", "ZZ")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("default_region"));
+
+    let cfg = dir.path().join("seam.toml");
+    std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap();
+    let out = seam()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["init", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bogus"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn help_lists_every_command() {
+    let out = seam().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["init", "serve", "rebuild", "bench"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+}

@@ -1,0 +1,182 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use seam::bench::shop::{batches, Shop};
+use seam_core::clock::ManualClock;
+use seam_server::{ApiSettings, AppState};
+use seam_store::{Store, StoreOptions};
+use serde_json::Value;
+
+const NOW: i64 = 1_795_392_000_000;
+
+/// The identifiers of a generated call as Seam normalises them.
+fn identifiers(e: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for (field, kind) in [("userId", "user_id"), ("anonymousId", "anonymous_id")] {
+        if let Some(v) = e[field].as_str() {
+            out.push(format!("{kind}:{v}"));
+        }
+    }
+    if let Some(t) = e.get("traits") {
+        if let Some(m) = t["email"].as_str() {
+            out.push(format!("email:{}", m.to_lowercase()));
+        }
+        if let Some(p) = t["phone"].as_str() {
+            out.push(format!("phone:{p}"));
+        }
+    }
+    out
+}
+
+/// Identifiers that appeared together, transitively: what stitching must produce.
+fn expected_grouping(calls: &[Vec<String>]) -> BTreeSet<BTreeSet<String>> {
+    let mut parent: BTreeMap<String, String> = BTreeMap::new();
+    fn find(p: &mut BTreeMap<String, String>, x: &str) -> String {
+        let up = p.get(x).cloned().unwrap_or_else(|| x.to_owned());
+        if up == x {
+            return up;
+        }
+        let root = find(p, &up);
+        p.insert(x.to_owned(), root.clone());
+        root
+    }
+    for call in calls {
+        for x in call {
+            parent.entry(x.clone()).or_insert_with(|| x.clone());
+        }
+        for pair in call.windows(2) {
+            let (a, b) = (find(&mut parent, &pair[0]), find(&mut parent, &pair[1]));
+            if a != b {
+                parent.insert(a, b);
+            }
+        }
+    }
+    let keys: Vec<String> = parent.keys().cloned().collect();
+    let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for k in keys {
+        let root = find(&mut parent, &k);
+        groups.entry(root).or_default().insert(k);
+    }
+    groups.into_values().collect()
+}
+
+fn actual_grouping(db: &std::path::Path) -> BTreeSet<BTreeSet<String>> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT profile_id, type, value FROM identities")
+        .unwrap();
+    let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .unwrap();
+    for row in rows {
+        let (p, t, v) = row.unwrap();
+        groups.entry(p).or_default().insert(format!("{t}:{v}"));
+    }
+    groups.into_values().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shop_traffic_is_stitched_as_the_truth_says_and_a_rebuild_equals_the_live_projections() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("live");
+    let creds = seam_store::workspace::init_data_dir(&data, NOW)
+        .unwrap()
+        .unwrap();
+    let store = Store::open(
+        &data,
+        StoreOptions {
+            apply_budget: 300,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let state = AppState::new(
+        store.clone(),
+        Arc::new(ManualClock::new(NOW)),
+        ApiSettings::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(seam_server::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+
+    let mut shop = Shop::new(300, 7, NOW - 86_400_000);
+    let events = shop.events(8_000);
+    let client = reqwest::Client::new();
+    let sends = batches(&events, 100).into_iter().map(|body| {
+        let req = client
+            .post(format!("{base}/v1/batch"))
+            .basic_auth(&creds.write_key, Some(""))
+            .body(body);
+        async move {
+            req.header("content-type", "application/json")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    // Four requests in flight at a time, so group commits gather several batches.
+    let mut pending = Vec::new();
+    for fut in sends {
+        pending.push(tokio::spawn(fut));
+        if pending.len() == 4 {
+            for p in pending.drain(..) {
+                assert_eq!(p.await.unwrap(), 200);
+            }
+        }
+    }
+    for p in pending {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    store.caught_up().await;
+
+    // Every person's identifiers that ever appeared together are on one profile, and no profile holds
+    // identifiers that never met (no over-merging).
+    let calls: Vec<Vec<String>> = events.iter().map(|e| identifiers(&e.json)).collect();
+    let expected = expected_grouping(&calls);
+    assert_eq!(actual_grouping(&data.join("seam.db")), expected);
+    // And the truth agrees: no profile mixes two people.
+    let owner: BTreeMap<String, usize> = events
+        .iter()
+        .flat_map(|e| identifiers(&e.json).into_iter().map(move |i| (i, e.person)))
+        .collect();
+    for group in &expected {
+        let people: BTreeSet<usize> = group.iter().map(|i| owner[i]).collect();
+        assert_eq!(people.len(), 1, "{group:?}");
+    }
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    store.shutdown();
+    drop(store);
+
+    let copy = dir.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in std::fs::read_dir(&data).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
+    }
+    let applied = seam_store::rebuild(&copy).unwrap();
+    assert_eq!(applied, events.len() as u64);
+    let live = seam_store::dump_projections(&data).unwrap();
+    let rebuilt = seam_store::dump_projections(&copy).unwrap();
+    assert!(
+        live.lines().count() > events.len(),
+        "the projections are not trivial: {} lines",
+        live.lines().count()
+    );
+    assert!(
+        live == rebuilt,
+        "a rebuilt projection differs from the live one"
+    );
+}
