@@ -110,10 +110,19 @@ pub fn resolve<V: IdentityView>(
     let mut attach: Vec<Identifier> = Vec::new();
     let mut conflicts = Vec::new();
 
+    // The first profile found joins the group without reading its identifiers; they are read only when a later
+    // identifier needs a limit check, so the common event (every identifier already on one profile) reads none.
+    let mut unread: Option<ProfileId> = None;
+
     for (_, id) in ids {
         match view.owner(id).map_err(ResolveError::View)? {
             Some(owner) if group.contains(&owner) => {}
+            Some(owner) if group.is_empty() && held.is_empty() => {
+                group.push(owner.clone());
+                unread = Some(owner);
+            }
             Some(owner) => {
+                read_unread(view, &mut unread, &mut held).map_err(ResolveError::View)?;
                 let theirs = view.identities(&owner).map_err(ResolveError::View)?;
                 match exceeded(rules, &held, &theirs) {
                     None => {
@@ -130,7 +139,10 @@ pub fn resolve<V: IdentityView>(
                     }),
                 }
             }
-            None => match exceeded(rules, &held, std::slice::from_ref(id)) {
+            None => match {
+                read_unread(view, &mut unread, &mut held).map_err(ResolveError::View)?;
+                exceeded(rules, &held, std::slice::from_ref(id))
+            } {
                 None => {
                     add_value(&mut held, id.clone());
                     attach.push(id.clone());
@@ -159,6 +171,20 @@ pub fn resolve<V: IdentityView>(
         merge,
         conflicts,
     })
+}
+
+/// Adds the identifiers of the group's first profile to `held`, if they were not read yet.
+fn read_unread<V: IdentityView>(
+    view: &mut V,
+    unread: &mut Option<ProfileId>,
+    held: &mut BTreeMap<IdentifierType, Vec<String>>,
+) -> Result<(), V::Error> {
+    if let Some(p) = unread.take() {
+        for t in view.identities(&p)? {
+            add_value(held, t);
+        }
+    }
+    Ok(())
 }
 
 fn add_value(held: &mut BTreeMap<IdentifierType, Vec<String>>, id: Identifier) {

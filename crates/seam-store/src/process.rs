@@ -4,7 +4,7 @@
 //! rebuilt projection is the live one by construction. Seam's own events (merges, conflicts) are written with
 //! message ids derived from the event that caused them: replaying the log finds them already there and reuses them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use seam_core::{
@@ -16,22 +16,34 @@ use serde_json::{json, Map};
 
 use crate::StoreError;
 
+/// Entries kept in each cache before it is emptied (the caches only save reads; the database is the truth).
+const CACHE_LIMIT: usize = 1_000_000;
+
 pub(crate) struct Processor {
     rules: HashMap<i64, IdentifierRules>,
-    /// Profile states touched since the last flush (live profiles only).
-    dirty: HashMap<(i64, ProfileId), ProfileState>,
+    /// Profile states read or written recently; written back for those in `dirty` by `flush`.
+    states: HashMap<(i64, ProfileId), ProfileState>,
+    dirty: HashSet<(i64, ProfileId)>,
+    /// Who holds an identifier (`None`: nobody), per workspace. Only this processor changes identities, so the
+    /// cache stays exact; it is dropped whenever a transaction rolls back.
+    owners: HashMap<i64, HashMap<Identifier, Option<ProfileId>>>,
 }
 
 struct SqlView<'c> {
     conn: &'c Connection,
     ws: i64,
+    owners: &'c mut HashMap<Identifier, Option<ProfileId>>,
 }
 
 impl IdentityView for SqlView<'_> {
     type Error = rusqlite::Error;
 
     fn owner(&mut self, id: &Identifier) -> rusqlite::Result<Option<ProfileId>> {
-        self.conn
+        if let Some(known) = self.owners.get(id) {
+            return Ok(known.clone());
+        }
+        let found = self
+            .conn
             .prepare_cached(
                 "SELECT profile_id FROM identities WHERE ws = ?1 AND type = ?2 AND value = ?3",
             )?
@@ -40,7 +52,9 @@ impl IdentityView for SqlView<'_> {
             })
             .optional()?
             .map(|s| ProfileId::parse(&s).map_err(|e| corrupt(e.0)))
-            .transpose()
+            .transpose()?;
+        self.owners.insert(id.clone(), found.clone());
+        Ok(found)
     }
 
     fn identities(&mut self, profile: &ProfileId) -> rusqlite::Result<Vec<Identifier>> {
@@ -69,7 +83,9 @@ impl Processor {
     pub(crate) fn new(rules: HashMap<i64, IdentifierRules>) -> Self {
         Self {
             rules,
-            dirty: HashMap::new(),
+            states: HashMap::new(),
+            dirty: HashSet::new(),
+            owners: HashMap::new(),
         }
     }
 
@@ -89,7 +105,7 @@ impl Processor {
             return Ok(());
         }
         let rules = self.rules.entry(ws).or_default().clone();
-        let mut view = SqlView { conn, ws };
+        let mut view = SqlView { conn, ws, owners: self.owners.entry(ws).or_default() };
         let mut ids = event.identifiers.clone();
         if event.kind == EventType::Alias {
             if let Some(prev) = &event.previous_id {
@@ -128,13 +144,22 @@ impl Processor {
                 "INSERT INTO profiles (ws, id, merged_into, state) VALUES (?1, ?2, NULL, NULL)",
             )?
             .execute(params![ws, survivor])?;
-            self.dirty
-                .insert((ws, r.profile.clone()), ProfileState::default());
+            self.states.insert((ws, r.profile.clone()), ProfileState::default());
+            self.dirty.insert((ws, r.profile.clone()));
         }
         for loser in &r.merge {
             let theirs = std::mem::take(self.state(conn, ws, loser)?);
+            self.states.remove(&(ws, loser.clone()));
             self.dirty.remove(&(ws, loser.clone()));
             self.state(conn, ws, &r.profile)?.absorb(theirs);
+            let owners = self.owners.entry(ws).or_default();
+            let mut stmt = conn.prepare_cached("SELECT type, value FROM identities WHERE ws = ?1 AND profile_id = ?2")?;
+            let moved = stmt.query_map(params![ws, loser.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in moved {
+                let (t, v) = row?;
+                let kind = IdentifierType::parse(&t).map_err(StoreError::Corrupt)?;
+                owners.insert(Identifier::new(kind, v), Some(r.profile.clone()));
+            }
             conn.prepare_cached(
                 "UPDATE identities SET profile_id = ?3 WHERE ws = ?1 AND profile_id = ?2",
             )?
@@ -163,11 +188,13 @@ impl Processor {
                 props,
             )?;
         }
+        let owners = self.owners.entry(ws).or_default();
         for id in &r.attach {
             conn.prepare_cached(
                 "INSERT INTO identities (ws, type, value, profile_id) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![ws, id.kind.as_str(), id.value, survivor])?;
+            owners.insert(id.clone(), Some(r.profile.clone()));
         }
         if !r.conflicts.is_empty() {
             for c in &r.conflicts {
@@ -259,11 +286,12 @@ impl Processor {
         p: &ProfileId,
     ) -> Result<&mut ProfileState, StoreError> {
         let key = (ws, p.clone());
-        if !self.dirty.contains_key(&key) {
+        if !self.states.contains_key(&key) {
             let loaded = Self::load(conn, ws, p)?;
-            self.dirty.insert(key.clone(), loaded);
+            self.states.insert(key.clone(), loaded);
         }
-        Ok(self.dirty.get_mut(&key).expect("just inserted"))
+        self.dirty.insert(key.clone());
+        Ok(self.states.get_mut(&key).expect("just inserted"))
     }
 
     fn load(conn: &Connection, ws: i64, p: &ProfileId) -> Result<ProfileState, StoreError> {
@@ -284,8 +312,15 @@ impl Processor {
     pub(crate) fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
         let mut stmt =
             conn.prepare_cached("UPDATE profiles SET state = ?3 WHERE ws = ?1 AND id = ?2")?;
-        for ((ws, id), state) in self.dirty.drain() {
-            stmt.execute(params![ws, id.as_str(), serde_json::to_string(&state)?])?;
+        for key in self.dirty.drain() {
+            let state = self.states.get(&key).expect("a dirty state is cached");
+            stmt.execute(params![key.0, key.1.as_str(), serde_json::to_string(state)?])?;
+        }
+        if self.states.len() > CACHE_LIMIT {
+            self.states.clear();
+        }
+        if self.owners.values().map(HashMap::len).sum::<usize>() > CACHE_LIMIT {
+            self.owners.clear();
         }
         Ok(())
     }
@@ -293,5 +328,7 @@ impl Processor {
     /// Forgets unflushed work (after a rolled-back transaction).
     pub(crate) fn discard(&mut self) {
         self.dirty.clear();
+        self.states.clear();
+        self.owners.clear();
     }
 }

@@ -109,6 +109,49 @@ impl ServerProcess {
     }
 }
 
+/// A minimal HTTP/1.1 keep-alive client, so that the load generator spends as little of the machine as it can.
+struct RawConn {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    async fn connect(host: &str) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(host).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self { stream, buf: Vec::with_capacity(4096) })
+    }
+
+    /// Sends one pre-built request and reads the whole response; returns its status.
+    async fn send(&mut self, request: &[u8]) -> anyhow::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end])?;
+                let status: u16 = head.split(' ').nth(1).context("status line")?.parse()?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                    })
+                    .context("content-length")?;
+                while self.buf.len() < end + 4 + len {
+                    if self.stream.read_buf(&mut self.buf).await? == 0 {
+                        bail!("connection closed mid-response");
+                    }
+                }
+                return Ok(status);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                bail!("connection closed");
+            }
+        }
+    }
+}
+
 fn dir_size(p: &Path) -> u64 {
     std::fs::read_dir(p)
         .map(|rd| {
@@ -157,35 +200,38 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
         },
         _ => ServerProcess::start(&data).await?,
     };
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
-    let url = format!("{}/v1/batch", server.base);
+    let host = server.base.trim_start_matches("http://").to_owned();
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        bodies
+            .iter()
+            .map(|b| {
+                let mut r = format!(
+                    "POST /v1/batch HTTP/1.1\r\nHost: {host}\r\nX-Write-Key: {}\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    server.write_key,
+                    b.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(b);
+                r
+            })
+            .collect(),
+    );
     let next = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicUsize::new(0));
-    eprintln!(
-        "sending {} batches of {} with {} in flight…",
-        bodies.len(),
-        args.batch,
-        args.concurrency
-    );
+    eprintln!("sending {} batches of {} with {} in flight…", bodies.len(), args.batch, args.concurrency);
+    drop(bodies);
     let clock = Stopwatch::start();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (client, url, bodies, next, retries) = (
-            client.clone(),
-            url.clone(),
-            bodies.clone(),
-            next.clone(),
-            retries.clone(),
-        );
-        let key = server.write_key.clone();
+        let (requests, next, retries, host) = (requests.clone(), next.clone(), retries.clone(), host.clone());
         let (rate, batch) = (args.rate, args.batch);
         tasks.push(tokio::spawn(async move {
+            let mut conn = RawConn::connect(&host).await?;
             let mut latencies: Vec<u32> = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= bodies.len() {
+                if i >= requests.len() {
                     break;
                 }
                 if let Some(rate) = rate {
@@ -197,21 +243,13 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
                 }
                 loop {
                     let t = Stopwatch::start();
-                    let resp = client
-                        .post(&url)
-                        .basic_auth(&key, Some(""))
-                        .header("content-type", "application/json")
-                        .body(bodies[i].clone())
-                        .send()
-                        .await?;
-                    let status = resp.status();
-                    let _ = resp.bytes().await?;
-                    if status.as_u16() == 503 || status.as_u16() == 429 {
+                    let status = conn.send(&requests[i]).await?;
+                    if status == 503 || status == 429 {
                         retries.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
-                    if !status.is_success() {
+                    if status != 200 {
                         bail!("batch {i} answered {status}");
                     }
                     latencies.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -221,12 +259,18 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
             Ok::<_, anyhow::Error>(latencies)
         }));
     }
-    let mut latencies = Vec::with_capacity(bodies.len());
+    let mut latencies = Vec::with_capacity(requests.len());
     for t in tasks {
         latencies.extend(t.await??);
     }
     let acked = clock.elapsed();
+    eprintln!(
+        "all acknowledged after {:.2} s ({:.0} events/s); waiting until applied to profiles…",
+        acked.as_secs_f64(),
+        args.events as f64 / acked.as_secs_f64()
+    );
     // Wait until the server has applied everything to profiles.
+    let client = reqwest::Client::new();
     let health = format!("{}/healthz", server.base);
     let target = loop {
         let h: serde_json::Value = client.get(&health).send().await?.json().await?;
