@@ -1,17 +1,19 @@
 //! Seam's storage on SQLite: the event log and the projections built from it.
 //!
-//! - [`Store::open`] opens (and migrates) `seam.db` in a data folder and starts the **writer**: one thread that
-//!   owns the only write connection. Ingest hands it batches with [`Store::append`]; it gathers every batch that
-//!   is waiting into one transaction (group commit), appends the events (a `(workspace, messageId)` seen before
-//!   is skipped), applies them to the projections and commits with `synchronous=FULL` before any batch in it is
-//!   acknowledged. When events arrive faster than they can be applied, the log runs ahead and the writer catches
-//!   up between commits; [`Stats`] shows the lag.
-//! - [`process`] holds the projection logic shared by the live writer and [`rebuild`].
-//! - [`read`] answers profile and timeline queries from a small pool of read-only connections (WAL readers never
-//!   block the writer).
-//! - [`workspace`] creates workspaces and their keys, and authenticates keys (only hashes are stored).
+//! A data folder holds two databases, each with exactly one writer thread:
+//! - `seam.db`, the **log** (and workspace configuration), written by the [`writer`]: it gathers every batch
+//!   waiting into one transaction (group commit), skips events whose `(workspace, messageId)` it already has,
+//!   and acknowledges the batches after COMMIT with `synchronous=FULL`.
+//! - `projections.db`, written by the [`projector`]: it follows the log in order and applies each event to the
+//!   identity graph, the profiles and the timelines ([`process`]), storing the log position applied in the same
+//!   transaction. It may run behind the log under load; [`Stats`] shows by how much.
+//!
+//! [`rebuild`] replays the whole log into an empty `projections.db` with the same code.
+//! [`read`] answers profile and timeline queries from pooled read-only connections that see both files.
+//! [`workspace`] creates workspaces and their keys (only hashes are stored) and authenticates keys.
 
 mod process;
+mod projector;
 pub mod read;
 mod schema;
 pub mod workspace;
@@ -43,21 +45,21 @@ pub enum StoreError {
     Overloaded,
     #[error("the store is shut down")]
     Closed,
+    #[error("the event log could not be written")]
+    Unavailable,
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Tuning of the writer.
+/// Tuning of the log writer.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Batches waiting for the writer before `append` answers [`StoreError::Overloaded`].
     pub queue_capacity: usize,
     /// Most events appended in one transaction.
     pub max_commit_events: usize,
-    /// Most events applied to projections in one transaction (bounds how long an acknowledgement waits).
-    pub apply_budget: usize,
 }
 
 impl Default for StoreOptions {
@@ -65,7 +67,6 @@ impl Default for StoreOptions {
         Self {
             queue_capacity: 4_096,
             max_commit_events: 20_000,
-            apply_budget: 4_000,
         }
     }
 }
@@ -83,6 +84,8 @@ pub struct Stats {
     pub applied_seq: AtomicI64,
     /// Receive time of the last applied event (for the processing lag in seconds).
     pub applied_received_at: AtomicI64,
+    /// Seam's own events decided by the projector and not yet seen back in the log.
+    pub pending_system: AtomicI64,
     /// Group commits done.
     pub commits: AtomicU64,
 }
@@ -100,21 +103,30 @@ pub(crate) enum Command {
         events: Vec<Accepted>,
         reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
     },
-    SetRules {
-        ws: i64,
-        rules: IdentifierRules,
-    },
+    /// Seam's own events from the projector.
+    System { events: Vec<process::Emitted> },
+}
+
+impl Command {
+    fn len(&self) -> usize {
+        match self {
+            Self::Append { events, .. } => events.len(),
+            Self::System { events } => events.len(),
+        }
+    }
 }
 
 struct Shared {
-    path: PathBuf,
+    dir: PathBuf,
     tx: Mutex<Option<SyncSender<Command>>>,
     readers: Mutex<Vec<Connection>>,
     keys: RwLock<HashMap<[u8; 32], (WorkspaceKey, KeyKind)>>,
     rules: RwLock<HashMap<i64, Arc<IdentifierRules>>>,
     stats: Arc<Stats>,
     applied: watch::Receiver<Seq>,
+    wakeup: Arc<projector::Wakeup>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    projector: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A handle on the data folder's database; cheap to clone.
@@ -123,15 +135,21 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
+/// The log database of a data folder.
 pub const DB_FILE: &str = "seam.db";
+/// The projections database of a data folder.
+pub const PROJECTIONS_FILE: &str = "projections.db";
 
 pub(crate) fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -145,36 +163,58 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<
     Ok(conn)
 }
 
-/// Creates the data folder and its database if needed and applies migrations.
-pub fn prepare(data_dir: &Path) -> Result<PathBuf, StoreError> {
+/// A read-only connection on the log with the projections attached as `p`.
+pub(crate) fn open_reader(dir: &Path) -> rusqlite::Result<Connection> {
+    let conn = open_connection(&dir.join(DB_FILE), true)?;
+    let uri = format!("file:{}?mode=ro", dir.join(PROJECTIONS_FILE).display());
+    conn.execute("ATTACH DATABASE ?1 AS p", [uri])?;
+    Ok(conn)
+}
+
+/// Creates the data folder and its databases if needed and applies migrations.
+pub fn prepare(data_dir: &Path) -> Result<(), StoreError> {
     std::fs::create_dir_all(data_dir)?;
-    let path = data_dir.join(DB_FILE);
-    let mut conn = open_connection(&path, false)?;
-    schema::migrate(&mut conn)?;
-    Ok(path)
+    let mut log = open_connection(&data_dir.join(DB_FILE), false)?;
+    schema::migrate(&mut log, schema::LOG_MIGRATIONS)?;
+    let mut proj = open_connection(&data_dir.join(PROJECTIONS_FILE), false)?;
+    schema::migrate(&mut proj, schema::PROJECTION_MIGRATIONS)?;
+    Ok(())
 }
 
 impl Store {
-    /// Opens the store in `data_dir` (migrating it) and starts the writer thread.
+    /// Opens the store in `data_dir` (migrating it) and starts the log writer and the projector.
     pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
-        let path = prepare(data_dir)?;
-        let conn = open_connection(&path, false)?;
-        let keys = workspace::load_keys(&conn)?;
-        let rules = workspace::load_rules(&conn)?;
+        prepare(data_dir)?;
+        let log = open_connection(&data_dir.join(DB_FILE), false)?;
+        let keys = workspace::load_keys(&log)?;
+        let rules = workspace::load_rules(&log)?;
         let stats = Arc::new(Stats::default());
+        let wakeup = Arc::new(projector::Wakeup::default());
         let (tx, rx) = sync_channel(opts.queue_capacity);
+        let writer = writer::Writer::start(log, rx, opts, stats.clone(), wakeup.clone())?;
+        wakeup.log_advanced(stats.log_seq.load(Ordering::SeqCst));
         let (applied_tx, applied_rx) = watch::channel(0);
-        let writer =
-            writer::Writer::start(conn, rx, opts, rules.clone(), stats.clone(), applied_tx)?;
+        let projector = projector::Projector::open(
+            open_connection(&data_dir.join(PROJECTIONS_FILE), false)?,
+            open_connection(&data_dir.join(DB_FILE), true)?,
+            rules.clone(),
+        )?
+        .start(tx.clone(), wakeup.clone(), stats.clone(), applied_tx)?;
+        writer::start_checkpointer(
+            vec![data_dir.join(DB_FILE), data_dir.join(PROJECTIONS_FILE)],
+            Arc::downgrade(&stats),
+        );
         let shared = Shared {
-            path,
+            dir: data_dir.to_path_buf(),
             tx: Mutex::new(Some(tx)),
             readers: Mutex::new(Vec::new()),
             keys: RwLock::new(keys),
             rules: RwLock::new(rules.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
             stats,
             applied: applied_rx,
+            wakeup,
             writer: Mutex::new(Some(writer)),
+            projector: Mutex::new(Some(projector)),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -215,20 +255,15 @@ impl Store {
         ws: WorkspaceKey,
         rules: IdentifierRules,
     ) -> Result<(), StoreError> {
-        let conn = open_connection(&self.shared.path, false)?;
+        let conn = open_connection(&self.shared.dir.join(DB_FILE), false)?;
         workspace::save_rules(&conn, ws.0, &rules)?;
         self.shared
             .rules
             .write()
             .expect("rules lock")
             .insert(ws.0, Arc::new(rules.clone()));
-        // Blocking send: configuration happens at start, before traffic.
-        let guard = self.shared.tx.lock().expect("sender lock");
-        guard
-            .as_ref()
-            .ok_or(StoreError::Closed)?
-            .send(Command::SetRules { ws: ws.0, rules })
-            .map_err(|_| StoreError::Closed)
+        self.shared.wakeup.set_rules(ws.0, rules);
+        Ok(())
     }
 
     /// The identifier rules of a workspace.
@@ -265,18 +300,31 @@ impl Store {
         &self.shared.stats
     }
 
-    /// Resolves once every event written so far (up to the current log position) is applied to the projections.
+    /// Resolves once every event written so far is applied to the projections, Seam's own events included.
     pub async fn caught_up(&self) {
-        let target = self.shared.stats.log_seq.load(Ordering::SeqCst);
+        let stats = &self.shared.stats;
         let mut rx = self.shared.applied.clone();
-        let _ = rx.wait_for(|&applied| applied >= target).await;
+        loop {
+            let target = stats.log_seq.load(Ordering::SeqCst);
+            if rx.wait_for(|&applied| applied >= target).await.is_err() {
+                return;
+            }
+            if stats.pending_system.load(Ordering::SeqCst) <= 0
+                && stats.log_seq.load(Ordering::SeqCst) == target
+            {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     pub(crate) fn reader(&self) -> Result<Connection, StoreError> {
         if let Some(c) = self.shared.readers.lock().expect("readers lock").pop() {
             return Ok(c);
         }
-        Ok(open_connection(&self.shared.path, true)?)
+        Ok(open_reader(&self.shared.dir)?)
     }
 
     pub(crate) fn put_reader(&self, conn: Connection) {
@@ -297,8 +345,12 @@ impl Store {
         out
     }
 
-    /// Stops taking appends, lets the writer finish what it holds, and waits for it.
+    /// Stops the projector, stops taking appends, lets the writer finish what it holds, and waits for both.
     pub fn shutdown(&self) {
+        self.shared.wakeup.stop();
+        if let Some(handle) = self.shared.projector.lock().expect("projector lock").take() {
+            let _ = handle.join();
+        }
         self.shared.tx.lock().expect("sender lock").take();
         if let Some(handle) = self.shared.writer.lock().expect("writer lock").take() {
             let _ = handle.join();
@@ -306,20 +358,42 @@ impl Store {
     }
 }
 
-/// Replays the whole log of the database in `data_dir` into fresh projections. Returns the events applied.
+/// Replays the whole log of the data folder into empty projections. Returns the events applied.
 pub fn rebuild(data_dir: &Path) -> Result<u64, StoreError> {
-    let path = prepare(data_dir)?;
-    let mut conn = open_connection(&path, false)?;
-    let rules = workspace::load_rules(&conn)?;
-    writer::rebuild(&mut conn, rules)
+    prepare(data_dir)?;
+    let log = open_connection(&data_dir.join(DB_FILE), true)?;
+    let rules = workspace::load_rules(&log)?;
+    let proj = open_connection(&data_dir.join(PROJECTIONS_FILE), false)?;
+    proj.execute_batch("BEGIN")?;
+    for table in schema::PROJECTION_TABLES {
+        proj.execute(&format!("DELETE FROM {table}"), [])?;
+    }
+    proj.execute_batch("UPDATE meta SET value = 0 WHERE key = 'applied_seq'; COMMIT")?;
+    let max_seq: Seq =
+        log.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    let mut projector = projector::Projector::open(proj, log, rules)?;
+    let mut total = 0u64;
+    while projector.applied_seq < max_seq {
+        // System events decided again are already in the log (found there later in the replay), so they are
+        // not appended; any never appended stay in the outbox for the next `seam serve` to append.
+        total += projector.step(max_seq)?.applied as u64;
+    }
+    Ok(total)
 }
 
 /// A stable text dump of every projection table, for comparing a rebuilt store with a live one.
 pub fn dump_projections(data_dir: &Path) -> Result<String, StoreError> {
-    let conn = open_connection(&data_dir.join(DB_FILE), true)?;
+    let conn = open_connection(&data_dir.join(PROJECTIONS_FILE), true)?;
     let mut out = String::new();
     for table in schema::PROJECTION_TABLES {
-        let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2, 3, 4"))?;
+        let cols = conn
+            .prepare(&format!("SELECT * FROM {table}"))?
+            .column_count();
+        let order: Vec<String> = (1..=cols).map(|i| i.to_string()).collect();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT * FROM {table} ORDER BY {}",
+            order.join(", ")
+        ))?;
         let cols = stmt.column_count();
         let mut rows = stmt.query([])?;
         out.push_str(&format!("## {table}\n"));

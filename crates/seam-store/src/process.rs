@@ -1,10 +1,13 @@
-//! Applying the log to the projections: identity, profile state and timeline, one event at a time, in log order.
+//! Applying the log to the projections, one event at a time, in log order: identity, profile state, timeline.
 //!
-//! The same [`Processor`] runs live (in the writer, in the transaction that appends) and in `seam rebuild`, so a
-//! rebuilt projection is the live one by construction. Seam's own events (merges, conflicts) are written with
-//! message ids derived from the event that caused them: replaying the log finds them already there and reuses them.
+//! The same [`Processor`] runs live (in the projector thread) and in `seam rebuild`, so a rebuilt projection is
+//! the live one by construction. Seam's own events (merges, identity conflicts) are decided here and written to
+//! the `outbox` table in the same transaction; the log writer appends them to the log with message ids derived
+//! from their cause, so a replay that decides them again finds them already there. When such an event comes back
+//! through the log, it goes on the timeline and leaves the outbox.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use seam_core::{
@@ -12,21 +15,37 @@ use seam_core::{
 };
 use seam_identity::{alias_previous, resolve, IdentityView, Resolution, ResolveError};
 use seam_profiles::ProfileState;
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 use crate::StoreError;
 
 /// Entries kept in each cache before it is emptied (the caches only save reads; the database is the truth).
 const CACHE_LIMIT: usize = 1_000_000;
 
+/// The integer key a profile is stored under: the log position of the event that created it.
+pub(crate) fn key(p: &ProfileId) -> i64 {
+    p.created_seq()
+}
+
+/// A system event decided in this transaction, to be appended to the log once it commits.
+pub(crate) struct Emitted {
+    pub ws: i64,
+    pub event: Event,
+    pub json: String,
+}
+
 pub(crate) struct Processor {
-    rules: HashMap<i64, IdentifierRules>,
+    rules: HashMap<i64, Arc<IdentifierRules>>,
     /// Profile states read or written recently; written back for those in `dirty` by `flush`.
-    states: HashMap<(i64, ProfileId), ProfileState>,
-    dirty: HashSet<(i64, ProfileId)>,
-    /// Who holds an identifier (`None`: nobody), per workspace. Only this processor changes identities, so the
+    states: HashMap<(i64, i64), ProfileState>,
+    dirty: HashSet<(i64, i64)>,
+    /// Who holds an identifier (`None`: nobody), per workspace. Only the processor changes identities, so the
     /// cache stays exact; it is dropped whenever a transaction rolls back.
     owners: HashMap<i64, HashMap<Identifier, Option<ProfileId>>>,
+    /// System events decided since the last `take_emitted`.
+    emitted: Vec<Emitted>,
+    /// System events that came back through the log (and left the outbox) since the last `take_emitted`.
+    returned: usize,
 }
 
 struct SqlView<'c> {
@@ -45,55 +64,54 @@ impl IdentityView for SqlView<'_> {
         let found = self
             .conn
             .prepare_cached(
-                "SELECT profile_id FROM identities WHERE ws = ?1 AND type = ?2 AND value = ?3",
+                "SELECT profile FROM identities WHERE ws = ?1 AND type = ?2 AND value = ?3",
             )?
             .query_row(params![self.ws, id.kind.as_str(), id.value], |r| {
-                r.get::<_, String>(0)
+                r.get::<_, i64>(0)
             })
             .optional()?
-            .map(|s| ProfileId::parse(&s).map_err(|e| corrupt(e.0)))
-            .transpose()?;
+            .map(ProfileId::from_seq);
         self.owners.insert(id.clone(), found.clone());
         Ok(found)
     }
 
     fn identities(&mut self, profile: &ProfileId) -> rusqlite::Result<Vec<Identifier>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT type, value FROM identities WHERE ws = ?1 AND profile_id = ?2",
-        )?;
-        let rows = stmt.query_map(params![self.ws, profile.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        rows.map(|row| {
-            let (t, v) = row?;
-            Ok(Identifier::new(
-                IdentifierType::parse(&t).map_err(corrupt)?,
-                v,
-            ))
-        })
-        .collect()
+        identities_of(self.conn, self.ws, key(profile))
     }
 }
 
-fn corrupt(msg: impl Into<String>) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(msg.into().into())
+fn identities_of(conn: &Connection, ws: i64, profile: i64) -> rusqlite::Result<Vec<Identifier>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT type, value FROM identities WHERE ws = ?1 AND profile = ?2")?;
+    let rows = stmt.query_map(params![ws, profile], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    rows.map(|row| {
+        let (t, v) = row?;
+        let kind = IdentifierType::parse(&t)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+        Ok(Identifier::new(kind, v))
+    })
+    .collect()
 }
 
 impl Processor {
     pub(crate) fn new(rules: HashMap<i64, IdentifierRules>) -> Self {
         Self {
-            rules,
+            rules: rules.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             states: HashMap::new(),
             dirty: HashSet::new(),
             owners: HashMap::new(),
+            emitted: Vec::new(),
+            returned: 0,
         }
     }
 
     pub(crate) fn set_rules(&mut self, ws: i64, rules: IdentifierRules) {
-        self.rules.insert(ws, rules);
+        self.rules.insert(ws, Arc::new(rules));
     }
 
-    /// Applies one event of the log. System events are skipped: they are outputs of this function.
+    /// Applies one event of the log.
     pub(crate) fn apply(
         &mut self,
         conn: &Connection,
@@ -102,10 +120,14 @@ impl Processor {
         event: &Event,
     ) -> Result<(), StoreError> {
         if event.kind.kind() == EventKind::System {
-            return Ok(());
+            return self.apply_system(conn, seq, ws, event);
         }
         let rules = self.rules.entry(ws).or_default().clone();
-        let mut view = SqlView { conn, ws, owners: self.owners.entry(ws).or_default() };
+        let mut view = SqlView {
+            conn,
+            ws,
+            owners: self.owners.entry(ws).or_default(),
+        };
         let mut ids = event.identifiers.clone();
         if event.kind == EventType::Alias {
             if let Some(prev) = &event.previous_id {
@@ -121,12 +143,42 @@ impl Processor {
             Err(ResolveError::View(e)) => return Err(e.into()),
         };
         self.apply_resolution(conn, seq, ws, event, &r)?;
-
-        self.state(conn, ws, &r.profile)?.apply(event, seq);
+        let profile = key(&r.profile);
+        self.state(conn, ws, profile)?.apply(event, seq);
         conn.prepare_cached(
-            "INSERT OR IGNORE INTO timeline (ws, profile_id, ts, seq) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR IGNORE INTO timeline (ws, profile, ts, seq) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![ws, r.profile.as_str(), event.timestamp, seq])?;
+        .execute(params![ws, profile, event.timestamp, seq])?;
+        Ok(())
+    }
+
+    /// A system event back from the log: onto the timeline of the profile it concerns, out of the outbox.
+    fn apply_system(
+        &mut self,
+        conn: &Connection,
+        seq: Seq,
+        ws: i64,
+        event: &Event,
+    ) -> Result<(), StoreError> {
+        self.returned += conn
+            .prepare_cached("DELETE FROM outbox WHERE ws = ?1 AND message_id = ?2")?
+            .execute(params![ws, event.message_id])?;
+        let Some(target) = event.properties.get("profile_id").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let Ok(target) = ProfileId::parse(target) else {
+            return Ok(());
+        };
+        let current: Option<i64> = conn
+            .prepare_cached("SELECT COALESCE(merged_into, profile) FROM profiles WHERE ws = ?1 AND profile = ?2")?
+            .query_row(params![ws, key(&target)], |r| r.get(0))
+            .optional()?;
+        if let Some(current) = current {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO timeline (ws, profile, ts, seq) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![ws, current, event.timestamp, seq])?;
+        }
         Ok(())
     }
 
@@ -138,60 +190,47 @@ impl Processor {
         event: &Event,
         r: &Resolution,
     ) -> Result<(), StoreError> {
-        let survivor = r.profile.as_str();
+        let survivor = key(&r.profile);
         if r.created {
-            conn.prepare_cached(
-                "INSERT INTO profiles (ws, id, merged_into, state) VALUES (?1, ?2, NULL, NULL)",
-            )?
-            .execute(params![ws, survivor])?;
-            self.states.insert((ws, r.profile.clone()), ProfileState::default());
-            self.dirty.insert((ws, r.profile.clone()));
+            conn.prepare_cached("INSERT INTO profiles (ws, profile, merged_into, state) VALUES (?1, ?2, NULL, NULL)")?
+                .execute(params![ws, survivor])?;
+            self.states.insert((ws, survivor), ProfileState::default());
+            self.dirty.insert((ws, survivor));
         }
-        for loser in &r.merge {
+        for loser_id in &r.merge {
+            let loser = key(loser_id);
             let theirs = std::mem::take(self.state(conn, ws, loser)?);
-            self.states.remove(&(ws, loser.clone()));
-            self.dirty.remove(&(ws, loser.clone()));
-            self.state(conn, ws, &r.profile)?.absorb(theirs);
+            self.states.remove(&(ws, loser));
+            self.dirty.remove(&(ws, loser));
+            self.state(conn, ws, survivor)?.absorb(theirs);
             let owners = self.owners.entry(ws).or_default();
-            let mut stmt = conn.prepare_cached("SELECT type, value FROM identities WHERE ws = ?1 AND profile_id = ?2")?;
-            let moved = stmt.query_map(params![ws, loser.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-            for row in moved {
-                let (t, v) = row?;
-                let kind = IdentifierType::parse(&t).map_err(StoreError::Corrupt)?;
-                owners.insert(Identifier::new(kind, v), Some(r.profile.clone()));
+            for id in identities_of(conn, ws, loser)? {
+                owners.insert(id, Some(r.profile.clone()));
             }
-            conn.prepare_cached(
-                "UPDATE identities SET profile_id = ?3 WHERE ws = ?1 AND profile_id = ?2",
-            )?
-            .execute(params![ws, loser.as_str(), survivor])?;
-            conn.prepare_cached(
-                "UPDATE timeline SET profile_id = ?3 WHERE ws = ?1 AND profile_id = ?2",
-            )?
-            .execute(params![ws, loser.as_str(), survivor])?;
-            conn.prepare_cached(
-                "UPDATE profiles SET merged_into = ?3, state = NULL WHERE ws = ?1 AND id = ?2",
-            )?
-            .execute(params![ws, loser.as_str(), survivor])?;
-            conn.prepare_cached(
+            for sql in [
+                "UPDATE identities SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
+                "UPDATE timeline SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
+                "UPDATE profiles SET merged_into = ?3, state = NULL WHERE ws = ?1 AND profile = ?2",
                 "UPDATE profiles SET merged_into = ?3 WHERE ws = ?1 AND merged_into = ?2",
-            )?
-            .execute(params![ws, loser.as_str(), survivor])?;
-            let props = json!({"merged_profile_id": loser, "into_profile_id": survivor, "caused_by": event.message_id});
-            self.system_event(
+            ] {
+                conn.prepare_cached(sql)?
+                    .execute(params![ws, loser, survivor])?;
+            }
+            let props = json!({"profile_id": r.profile, "merged_profile_id": loser_id, "caused_by": event.message_id});
+            self.emit(
                 conn,
                 ws,
                 seq,
-                survivor,
                 event,
                 EventType::Merge,
-                loser.as_str(),
+                loser_id.as_str(),
                 props,
             )?;
         }
         let owners = self.owners.entry(ws).or_default();
         for id in &r.attach {
             conn.prepare_cached(
-                "INSERT INTO identities (ws, type, value, profile_id) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO identities (ws, type, value, profile) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![ws, id.kind.as_str(), id.value, survivor])?;
             owners.insert(id.clone(), Some(r.profile.clone()));
@@ -200,7 +239,7 @@ impl Processor {
             for c in &r.conflicts {
                 conn.prepare_cached(
                     "INSERT OR IGNORE INTO identity_conflicts
-                     (seq, ws, type, value, profile_id, held_by, limit_type, max_per_profile)
+                     (seq, ws, type, value, profile, held_by, limit_type, max_per_profile)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
                 .execute(params![
@@ -209,112 +248,89 @@ impl Processor {
                     c.identifier.kind.as_str(),
                     c.identifier.value,
                     survivor,
-                    c.held_by.as_ref().map(ProfileId::as_str),
+                    c.held_by.as_ref().map(key),
                     c.limit_type.as_str(),
                     c.limit
                 ])?;
             }
-            let props = json!({"conflicts": r.conflicts, "caused_by": event.message_id});
-            self.system_event(
-                conn,
-                ws,
-                seq,
-                survivor,
-                event,
-                EventType::IdentityConflict,
-                "",
-                props,
-            )?;
+            let props = json!({"profile_id": r.profile, "conflicts": r.conflicts, "caused_by": event.message_id});
+            self.emit(conn, ws, seq, event, EventType::IdentityConflict, "", props)?;
         }
         Ok(())
     }
 
-    /// Writes (or, in a replay, finds) a system event caused by the event at `cause` and puts it on `profile`'s
-    /// timeline.
+    /// Decides a system event caused by the event at `cause`: into the outbox, to be appended to the log.
     #[allow(clippy::too_many_arguments)]
-    fn system_event(
+    fn emit(
         &mut self,
         conn: &Connection,
         ws: i64,
         cause: Seq,
-        profile: &str,
         caused_by: &Event,
         kind: EventType,
         key: &str,
-        properties: serde_json::Value,
+        properties: Value,
     ) -> Result<(), StoreError> {
         let message_id = format!("$seam:{}:{cause}:{key}", kind.as_str());
-        let props: Map<String, serde_json::Value> =
-            properties.as_object().cloned().unwrap_or_default();
-        let ev = Event::system(message_id.clone(), kind, caused_by.timestamp, props);
-        let body = serde_json::to_string(&ev)?;
-        let inserted: Option<Seq> = conn
+        let props: Map<String, Value> = properties.as_object().cloned().unwrap_or_default();
+        let mut event = Event::system(message_id, kind, caused_by.timestamp, props);
+        event.received_at = caused_by.received_at;
+        let json = serde_json::to_string(&event)?;
+        let inserted = conn
             .prepare_cached(
-                "INSERT INTO events (ws, message_id, type, name, ts, received_at, body)
-                 VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6) ON CONFLICT DO NOTHING RETURNING seq",
+                "INSERT OR IGNORE INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)",
             )?
-            .query_row(
-                params![
-                    ws,
-                    message_id,
-                    kind.as_str(),
-                    ev.timestamp,
-                    caused_by.received_at,
-                    body
-                ],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let seq = match inserted {
-            Some(s) => s,
-            None => conn
-                .prepare_cached("SELECT seq FROM events WHERE ws = ?1 AND message_id = ?2")?
-                .query_row(params![ws, message_id], |r| r.get(0))?,
-        };
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO timeline (ws, profile_id, ts, seq) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![ws, profile, ev.timestamp, seq])?;
+            .execute(params![ws, event.message_id, json])?;
+        if inserted == 1 {
+            self.emitted.push(Emitted { ws, event, json });
+        }
         Ok(())
     }
 
-    /// The state of a live profile, loaded into the cache of touched profiles.
+    /// System events decided since the last call (to hand to the log writer after the commit), and how many
+    /// came back through the log.
+    pub(crate) fn take_emitted(&mut self) -> (Vec<Emitted>, usize) {
+        (
+            std::mem::take(&mut self.emitted),
+            std::mem::take(&mut self.returned),
+        )
+    }
+
+    /// The state of a live profile, loaded into the cache and marked for writing back.
     fn state(
         &mut self,
         conn: &Connection,
         ws: i64,
-        p: &ProfileId,
+        p: i64,
     ) -> Result<&mut ProfileState, StoreError> {
-        let key = (ws, p.clone());
-        if !self.states.contains_key(&key) {
-            let loaded = Self::load(conn, ws, p)?;
-            self.states.insert(key.clone(), loaded);
+        let k = (ws, p);
+        if !self.states.contains_key(&k) {
+            let raw: Option<Option<String>> = conn
+                .prepare_cached("SELECT state FROM profiles WHERE ws = ?1 AND profile = ?2")?
+                .query_row(params![ws, p], |r| r.get(0))
+                .optional()?;
+            let loaded = match raw {
+                Some(Some(json)) => serde_json::from_str(&json)?,
+                Some(None) => ProfileState::default(),
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "profile {p} is referenced but missing"
+                    )))
+                }
+            };
+            self.states.insert(k, loaded);
         }
-        self.dirty.insert(key.clone());
-        Ok(self.states.get_mut(&key).expect("just inserted"))
-    }
-
-    fn load(conn: &Connection, ws: i64, p: &ProfileId) -> Result<ProfileState, StoreError> {
-        let raw: Option<Option<String>> = conn
-            .prepare_cached("SELECT state FROM profiles WHERE ws = ?1 AND id = ?2")?
-            .query_row(params![ws, p.as_str()], |r| r.get(0))
-            .optional()?;
-        match raw {
-            Some(Some(json)) => Ok(serde_json::from_str(&json)?),
-            Some(None) => Ok(ProfileState::default()),
-            None => Err(StoreError::Corrupt(format!(
-                "profile {p} is referenced but missing"
-            ))),
-        }
+        self.dirty.insert(k);
+        Ok(self.states.get_mut(&k).expect("just inserted"))
     }
 
     /// Writes every touched profile state. Call before committing.
     pub(crate) fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
         let mut stmt =
-            conn.prepare_cached("UPDATE profiles SET state = ?3 WHERE ws = ?1 AND id = ?2")?;
-        for key in self.dirty.drain() {
-            let state = self.states.get(&key).expect("a dirty state is cached");
-            stmt.execute(params![key.0, key.1.as_str(), serde_json::to_string(state)?])?;
+            conn.prepare_cached("UPDATE profiles SET state = ?3 WHERE ws = ?1 AND profile = ?2")?;
+        for k in self.dirty.drain() {
+            let state = self.states.get(&k).expect("a dirty state is cached");
+            stmt.execute(params![k.0, k.1, serde_json::to_string(state)?])?;
         }
         if self.states.len() > CACHE_LIMIT {
             self.states.clear();
@@ -325,10 +341,12 @@ impl Processor {
         Ok(())
     }
 
-    /// Forgets unflushed work (after a rolled-back transaction).
+    /// Forgets everything not committed (after a rolled-back transaction).
     pub(crate) fn discard(&mut self) {
         self.dirty.clear();
         self.states.clear();
         self.owners.clear();
+        self.emitted.clear();
+        self.returned = 0;
     }
 }

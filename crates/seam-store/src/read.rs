@@ -7,6 +7,7 @@ use seam_profiles::ProfileState;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::process::key;
 use crate::{Store, StoreError, WorkspaceKey};
 
 /// How a profile is named in a URL: its id, or one of its identifiers.
@@ -88,8 +89,9 @@ impl Store {
     ) -> Result<Option<ProfileView>, StoreError> {
         self.with_reader(|c| {
             let Some(id) = resolve(c, ws, r)? else { return Ok(None) };
+            let k = key(&id);
             let state: Option<String> = c
-                .query_row("SELECT state FROM profiles WHERE ws = ?1 AND id = ?2", params![ws.0, id.as_str()], |r| {
+                .query_row("SELECT state FROM p.profiles WHERE ws = ?1 AND profile = ?2", params![ws.0, k], |r| {
                     r.get(0)
                 })
                 .optional()?
@@ -99,20 +101,22 @@ impl Store {
                 None => ProfileState::default(),
             };
             let mut stmt = c.prepare_cached(
-                "SELECT type, value FROM identities WHERE ws = ?1 AND profile_id = ?2 ORDER BY type, value",
+                "SELECT type, value FROM p.identities WHERE ws = ?1 AND profile = ?2 ORDER BY type, value",
             )?;
             let identities = stmt
-                .query_map(params![ws.0, id.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .query_map(params![ws.0, k], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
                 .map(|row| {
                     let (t, v) = row?;
                     let kind = seam_core::IdentifierType::parse(&t).map_err(StoreError::Corrupt)?;
                     Ok(Identifier::new(kind, v))
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            let mut stmt = c.prepare_cached("SELECT id FROM profiles WHERE ws = ?1 AND merged_into = ?2 ORDER BY id")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT profile FROM p.profiles WHERE ws = ?1 AND merged_into = ?2 ORDER BY profile",
+            )?;
             let merged_from = stmt
-                .query_map(params![ws.0, id.as_str()], |r| r.get::<_, String>(0))?
-                .map(|row| ProfileId::parse(&row?).map_err(|e| StoreError::Corrupt(e.0.into())))
+                .query_map(params![ws.0, k], |r| r.get::<_, i64>(0))?
+                .map(|row| row.map(ProfileId::from_seq))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Some(ProfileView {
                 id,
@@ -140,19 +144,13 @@ impl Store {
                 seq: Seq::MAX,
             });
             let mut stmt = c.prepare_cached(
-                "SELECT t.ts, t.seq, e.body FROM timeline t JOIN events e ON e.seq = t.seq
-                 WHERE t.ws = ?1 AND t.profile_id = ?2 AND (t.ts, t.seq) < (?3, ?4)
+                "SELECT t.ts, t.seq, e.body FROM p.timeline t JOIN events e ON e.seq = t.seq
+                 WHERE t.ws = ?1 AND t.profile = ?2 AND (t.ts, t.seq) < (?3, ?4)
                  ORDER BY t.ts DESC, t.seq DESC LIMIT ?5",
             )?;
             let rows: Vec<(Millis, Seq, String)> = stmt
                 .query_map(
-                    params![
-                        ws.0,
-                        profile.as_str(),
-                        before.ts,
-                        before.seq,
-                        limit as i64 + 1
-                    ],
+                    params![ws.0, key(profile), before.ts, before.seq, limit as i64 + 1],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )?
                 .collect::<Result<_, _>>()?;
@@ -187,22 +185,21 @@ fn resolve(
     ws: WorkspaceKey,
     r: &ProfileRef,
 ) -> Result<Option<ProfileId>, StoreError> {
-    let id: Option<String> = match r {
+    let found: Option<i64> = match r {
         ProfileRef::Id(id) => c
             .query_row(
-                "SELECT COALESCE(merged_into, id) FROM profiles WHERE ws = ?1 AND id = ?2",
-                params![ws.0, id.as_str()],
+                "SELECT COALESCE(merged_into, profile) FROM p.profiles WHERE ws = ?1 AND profile = ?2",
+                params![ws.0, key(id)],
                 |r| r.get(0),
             )
             .optional()?,
         ProfileRef::Identifier(i) => c
             .query_row(
-                "SELECT profile_id FROM identities WHERE ws = ?1 AND type = ?2 AND value = ?3",
+                "SELECT profile FROM p.identities WHERE ws = ?1 AND type = ?2 AND value = ?3",
                 params![ws.0, i.kind.as_str(), i.value],
                 |r| r.get(0),
             )
             .optional()?,
     };
-    id.map(|s| ProfileId::parse(&s).map_err(|e| StoreError::Corrupt(e.0.into())))
-        .transpose()
+    Ok(found.map(ProfileId::from_seq))
 }

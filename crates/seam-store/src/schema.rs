@@ -1,12 +1,17 @@
-//! Versioned schema migrations for the SQLite backend. A migration is never edited once released; add a new one.
+//! Versioned schema migrations for the two SQLite files of a data folder. A released migration is never edited;
+//! add a new one.
+//!
+//! - `seam.db` — the event log and the workspace configuration: the truth.
+//! - `projections.db` — everything derived from the log; `seam rebuild` empties it and replays the log.
+//!
+//! Two files, because each has one writer thread of its own: appends are never queued behind projection work.
+//! Profiles are keyed by an integer, the log position of the event that created them (`ProfileId::from_seq`).
 
 use rusqlite::Connection;
 
-/// Each entry is applied once, in order, inside one transaction with its version row.
-const MIGRATIONS: &[(i64, &str)] = &[(
+pub const LOG_MIGRATIONS: &[(i64, &str)] = &[(
     1,
     r#"
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE workspaces (
         ws INTEGER PRIMARY KEY,
         id TEXT NOT NULL UNIQUE,
@@ -26,7 +31,6 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         max_per_profile INTEGER NOT NULL,
         PRIMARY KEY (ws, name)
     );
-
     -- The event log: append-only, seq is the order of everything. (ws, message_id) is unique, so a re-sent
     -- event is stored once, and Seam's own events carry message ids derived from their cause.
     CREATE TABLE events (
@@ -40,55 +44,72 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         body TEXT NOT NULL
     );
     CREATE UNIQUE INDEX events_by_message_id ON events (ws, message_id);
+    "#,
+)];
 
-    -- Projections: rebuilt from the log by `seam rebuild`.
+pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('applied_seq', 0);
     CREATE TABLE profiles (
         ws INTEGER NOT NULL,
-        id TEXT NOT NULL,
-        merged_into TEXT,
+        profile INTEGER NOT NULL,
+        merged_into INTEGER,
         state TEXT,
-        PRIMARY KEY (ws, id)
+        PRIMARY KEY (ws, profile)
     ) WITHOUT ROWID;
     CREATE INDEX profiles_by_merged_into ON profiles (ws, merged_into) WHERE merged_into IS NOT NULL;
     CREATE TABLE identities (
         ws INTEGER NOT NULL,
         type TEXT NOT NULL,
         value TEXT NOT NULL,
-        profile_id TEXT NOT NULL,
+        profile INTEGER NOT NULL,
         PRIMARY KEY (ws, type, value)
     ) WITHOUT ROWID;
-    CREATE INDEX identities_by_profile ON identities (ws, profile_id);
+    CREATE INDEX identities_by_profile ON identities (ws, profile);
     CREATE TABLE timeline (
         ws INTEGER NOT NULL,
-        profile_id TEXT NOT NULL,
+        profile INTEGER NOT NULL,
         ts INTEGER NOT NULL,
         seq INTEGER NOT NULL,
-        PRIMARY KEY (ws, profile_id, ts, seq)
+        PRIMARY KEY (ws, profile, ts, seq)
     ) WITHOUT ROWID;
     CREATE TABLE identity_conflicts (
         seq INTEGER NOT NULL,
         ws INTEGER NOT NULL,
         type TEXT NOT NULL,
         value TEXT NOT NULL,
-        profile_id TEXT NOT NULL,
-        held_by TEXT,
+        profile INTEGER NOT NULL,
+        held_by INTEGER,
         limit_type TEXT NOT NULL,
         max_per_profile INTEGER NOT NULL,
         PRIMARY KEY (seq, type, value)
     );
-    INSERT INTO meta (key, value) VALUES ('applied_seq', '0');
+    -- Seam's own events decided here and not yet seen back in the log (see projector.rs).
+    CREATE TABLE outbox (
+        ws INTEGER NOT NULL,
+        message_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (ws, message_id)
+    ) WITHOUT ROWID;
     "#,
 )];
 
-/// Tables that are projections of the log, emptied by a rebuild.
-pub const PROJECTION_TABLES: &[&str] =
-    &["profiles", "identities", "timeline", "identity_conflicts"];
+/// Tables of projections.db compared by `dump_projections`.
+pub const PROJECTION_TABLES: &[&str] = &[
+    "profiles",
+    "identities",
+    "timeline",
+    "identity_conflicts",
+    "outbox",
+];
 
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+pub fn migrate(conn: &mut Connection, migrations: &[(i64, &str)]) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
     )?;
-    for (version, sql) in MIGRATIONS {
+    for (version, sql) in migrations {
         let done: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
             [version],

@@ -53,7 +53,8 @@ fn random_token(prefix: &str, len: usize) -> Result<String, StoreError> {
     out.push_str(prefix);
     while out.len() < prefix.len() + len {
         let mut buf = [0u8; 64];
-        getrandom::fill(&mut buf).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        getrandom::fill(&mut buf)
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
         // 62 * 4 = 248: rejecting bytes >= 248 keeps every character equally likely.
         for b in buf.into_iter().filter(|&b| b < 248) {
             if out.len() == prefix.len() + len {
@@ -68,8 +69,8 @@ fn random_token(prefix: &str, len: usize) -> Result<String, StoreError> {
 /// Creates the data folder, its database and a default workspace with a write key and a secret key, unless a
 /// workspace exists already. Returns the new credentials, or `None` when the folder was initialised before.
 pub fn init_data_dir(data_dir: &Path, now_ms: i64) -> Result<Option<Credentials>, StoreError> {
-    let path = prepare(data_dir)?;
-    let mut conn = open_connection(&path, false)?;
+    prepare(data_dir)?;
+    let mut conn = open_connection(&data_dir.join(crate::DB_FILE), false)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let exists: Option<i64> = tx
         .query_row("SELECT ws FROM workspaces LIMIT 1", [], |r| r.get(0))

@@ -80,7 +80,6 @@ impl Default for LimitsConfig {
 pub struct StoreConfig {
     pub queue_capacity: usize,
     pub max_commit_events: usize,
-    pub apply_budget: usize,
 }
 
 impl Default for StoreConfig {
@@ -89,7 +88,6 @@ impl Default for StoreConfig {
         Self {
             queue_capacity: s.queue_capacity,
             max_commit_events: s.max_commit_events,
-            apply_budget: s.apply_budget,
         }
     }
 }
@@ -197,7 +195,6 @@ impl Config {
         seam_store::StoreOptions {
             queue_capacity: self.store.queue_capacity.max(1),
             max_commit_events: self.store.max_commit_events.max(1),
-            apply_budget: self.store.apply_budget.max(1),
         }
     }
 

@@ -119,7 +119,10 @@ impl RawConn {
     async fn connect(host: &str) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(host).await?;
         stream.set_nodelay(true)?;
-        Ok(Self { stream, buf: Vec::with_capacity(4096) })
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
     }
 
     /// Sends one pre-built request and reads the whole response; returns its status.
@@ -135,7 +138,8 @@ impl RawConn {
                     .lines()
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
                     })
                     .context("content-length")?;
                 while self.buf.len() < end + 4 + len {
@@ -219,12 +223,22 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
     );
     let next = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicUsize::new(0));
-    eprintln!("sending {} batches of {} with {} in flight…", bodies.len(), args.batch, args.concurrency);
+    eprintln!(
+        "sending {} batches of {} with {} in flight…",
+        bodies.len(),
+        args.batch,
+        args.concurrency
+    );
     drop(bodies);
     let clock = Stopwatch::start();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (requests, next, retries, host) = (requests.clone(), next.clone(), retries.clone(), host.clone());
+        let (requests, next, retries, host) = (
+            requests.clone(),
+            next.clone(),
+            retries.clone(),
+            host.clone(),
+        );
         let (rate, batch) = (args.rate, args.batch);
         tasks.push(tokio::spawn(async move {
             let mut conn = RawConn::connect(&host).await?;

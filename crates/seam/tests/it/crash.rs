@@ -127,6 +127,7 @@ async fn after_sigkill_every_acknowledged_event_is_present_exactly_once_and_prof
     assert_eq!(stored, expected, "every acknowledged event exactly once");
 
     // Profiles count every event once, and equal a rebuild from the log.
+    let conn = rusqlite::Connection::open(data.join("projections.db")).unwrap();
     let counted: i64 = conn
         .prepare("SELECT state FROM profiles WHERE merged_into IS NULL")
         .unwrap()

@@ -63,13 +63,13 @@ fn expected_grouping(calls: &[Vec<String>]) -> BTreeSet<BTreeSet<String>> {
 fn actual_grouping(db: &std::path::Path) -> BTreeSet<BTreeSet<String>> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
-        .prepare("SELECT profile_id, type, value FROM identities")
+        .prepare("SELECT profile, type, value FROM identities")
         .unwrap();
-    let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut groups: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
     let rows = stmt
         .query_map([], |r| {
             Ok((
-                r.get::<_, String>(0)?,
+                r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
             ))
@@ -89,14 +89,7 @@ async fn shop_traffic_is_stitched_as_the_truth_says_and_a_rebuild_equals_the_liv
     let creds = seam_store::workspace::init_data_dir(&data, NOW)
         .unwrap()
         .unwrap();
-    let store = Store::open(
-        &data,
-        StoreOptions {
-            apply_budget: 300,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    let store = Store::open(&data, StoreOptions::default()).unwrap();
     let state = AppState::new(
         store.clone(),
         Arc::new(ManualClock::new(NOW)),
@@ -144,7 +137,7 @@ async fn shop_traffic_is_stitched_as_the_truth_says_and_a_rebuild_equals_the_liv
     // identifiers that never met (no over-merging).
     let calls: Vec<Vec<String>> = events.iter().map(|e| identifiers(&e.json)).collect();
     let expected = expected_grouping(&calls);
-    assert_eq!(actual_grouping(&data.join("seam.db")), expected);
+    assert_eq!(actual_grouping(&data.join("projections.db")), expected);
     // And the truth agrees: no profile mixes two people.
     let owner: BTreeMap<String, usize> = events
         .iter()
