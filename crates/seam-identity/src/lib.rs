@@ -139,21 +139,21 @@ pub fn resolve<V: IdentityView>(
                     }),
                 }
             }
-            None => match {
+            None => {
                 read_unread(view, &mut unread, &mut held).map_err(ResolveError::View)?;
-                exceeded(rules, &held, std::slice::from_ref(id))
-            } {
-                None => {
-                    add_value(&mut held, id.clone());
-                    attach.push(id.clone());
+                match exceeded(rules, &held, std::slice::from_ref(id)) {
+                    None => {
+                        add_value(&mut held, id.clone());
+                        attach.push(id.clone());
+                    }
+                    Some((limit_type, limit)) => conflicts.push(Conflict {
+                        identifier: id.clone(),
+                        held_by: None,
+                        limit_type,
+                        limit,
+                    }),
                 }
-                Some((limit_type, limit)) => conflicts.push(Conflict {
-                    identifier: id.clone(),
-                    held_by: None,
-                    limit_type,
-                    limit,
-                }),
-            },
+            }
         }
     }
 
