@@ -6,6 +6,7 @@
 //! from their cause, so a replay that decides them again finds them already there. When such an event comes back
 //! through the log, it goes on the timeline and leaves the outbox.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -304,24 +305,26 @@ impl Processor {
         p: i64,
     ) -> Result<&mut ProfileState, StoreError> {
         let k = (ws, p);
-        if !self.states.contains_key(&k) {
-            let raw: Option<Option<String>> = conn
-                .prepare_cached("SELECT state FROM profiles WHERE ws = ?1 AND profile = ?2")?
-                .query_row(params![ws, p], |r| r.get(0))
-                .optional()?;
-            let loaded = match raw {
-                Some(Some(json)) => serde_json::from_str(&json)?,
-                Some(None) => ProfileState::default(),
-                None => {
-                    return Err(StoreError::Corrupt(format!(
-                        "profile {p} is referenced but missing"
-                    )))
-                }
-            };
-            self.states.insert(k, loaded);
-        }
         self.dirty.insert(k);
-        Ok(self.states.get_mut(&k).expect("just inserted"))
+        match self.states.entry(k) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(slot) => {
+                let raw: Option<Option<String>> = conn
+                    .prepare_cached("SELECT state FROM profiles WHERE ws = ?1 AND profile = ?2")?
+                    .query_row(params![ws, p], |r| r.get(0))
+                    .optional()?;
+                let loaded = match raw {
+                    Some(Some(json)) => serde_json::from_str(&json)?,
+                    Some(None) => ProfileState::default(),
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "profile {p} is referenced but missing"
+                        )))
+                    }
+                };
+                Ok(slot.insert(loaded))
+            }
+        }
     }
 
     /// Writes every touched profile state. Call before committing.
