@@ -212,7 +212,9 @@ impl Processor {
                 "UPDATE identities SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
                 "UPDATE timeline SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
                 "UPDATE profiles SET merged_into = ?3, state = NULL WHERE ws = ?1 AND profile = ?2",
-                "UPDATE profiles SET merged_into = ?3 WHERE ws = ?1 AND merged_into = ?2",
+                // Found through the index first: with the indexed column in SET, SQLite would scan the workspace.
+                "UPDATE profiles SET merged_into = ?3 WHERE ws = ?1 AND profile IN
+                 (SELECT profile FROM profiles WHERE ws = ?1 AND merged_into = ?2)",
             ] {
                 conn.prepare_cached(sql)?
                     .execute(params![ws, loser, survivor])?;

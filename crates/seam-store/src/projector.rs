@@ -72,6 +72,41 @@ impl Wakeup {
     }
 }
 
+/// The fields of a stored event that projections use; the properties and context of received events (most
+/// of their bytes) are skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Slim<'a> {
+    message_id: String,
+    #[serde(rename = "type")]
+    kind: seam_core::EventType,
+    #[serde(default)]
+    previous_id: Option<String>,
+    #[serde(default)]
+    identifiers: Vec<seam_core::Identifier>,
+    #[serde(default)]
+    traits: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, borrow)]
+    properties: Option<&'a serde_json::value::RawValue>,
+    timestamp: i64,
+    received_at: i64,
+}
+
+fn slim_event(body: &str) -> Result<Event, StoreError> {
+    let s: Slim<'_> = serde_json::from_str(body)?;
+    let mut e = Event::system(s.message_id, s.kind, s.timestamp, serde_json::Map::new());
+    if s.kind.kind() == seam_core::EventKind::System {
+        if let Some(raw) = s.properties {
+            e.properties = serde_json::from_str(raw.get())?;
+        }
+    }
+    e.source = None;
+    e.previous_id = s.previous_id;
+    e.identifiers = s.identifiers;
+    e.traits = s.traits;
+    e.received_at = s.received_at;
+    Ok(e)
+}
+
 /// What one projection transaction did.
 #[derive(Default)]
 pub(crate) struct Step {
@@ -131,7 +166,7 @@ impl Projector {
         let mut received = 0;
         let result = (|| {
             for (seq, ws, body, _) in &rows {
-                let event: Event = serde_json::from_str(body)?;
+                let event = slim_event(body)?;
                 if event.kind.kind() == seam_core::EventKind::Received {
                     received += 1;
                 }

@@ -59,7 +59,7 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[(
         state TEXT,
         PRIMARY KEY (ws, profile)
     ) WITHOUT ROWID;
-    CREATE INDEX profiles_by_merged_into ON profiles (ws, merged_into) WHERE merged_into IS NOT NULL;
+    CREATE INDEX profiles_by_merged_into ON profiles (ws, merged_into);
     CREATE TABLE identities (
         ws INTEGER NOT NULL,
         type TEXT NOT NULL,
