@@ -88,7 +88,7 @@ async fn handle(
     let stored = parsed.accepted.len();
     state
         .store
-        .append(ws, parsed.accepted)
+        .append(ws, parsed.accepted.into_iter().map(Into::into).collect())
         .await
         .map_err(ApiError::from_store)?;
     if parsed.rejected.is_empty() {

@@ -28,7 +28,6 @@ use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OpenFlags};
 use seam_core::{IdentifierRules, Seq};
-use seam_ingest::Accepted;
 use tokio::sync::{oneshot, watch};
 
 pub use read::{ProfileRef, ProfileView, TimelineEntry, TimelinePage};
@@ -90,6 +89,37 @@ pub struct Stats {
     pub commits: AtomicU64,
 }
 
+/// One event as the log stores it: the columns and the JSON body. Built in the caller's thread, so that the log
+/// writer (a serial stage) only copies bytes.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub message_id: String,
+    pub kind: &'static str,
+    pub name: Option<String>,
+    pub timestamp: seam_core::Millis,
+    pub received_at: seam_core::Millis,
+    pub json: String,
+}
+
+impl From<seam_ingest::Accepted> for LogRow {
+    fn from(a: seam_ingest::Accepted) -> Self {
+        LogRow::new(a.event, a.json)
+    }
+}
+
+impl LogRow {
+    pub fn new(e: seam_core::Event, json: String) -> Self {
+        Self {
+            kind: e.kind.as_str(),
+            timestamp: e.timestamp,
+            received_at: e.received_at,
+            message_id: e.message_id,
+            name: e.event,
+            json,
+        }
+    }
+}
+
 /// What one `append` did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AppendOutcome {
@@ -100,7 +130,7 @@ pub struct AppendOutcome {
 pub(crate) enum Command {
     Append {
         ws: i64,
-        events: Vec<Accepted>,
+        events: Vec<LogRow>,
         reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
     },
     /// Seam's own events from the projector.
@@ -226,7 +256,7 @@ impl Store {
     pub async fn append(
         &self,
         ws: WorkspaceKey,
-        events: Vec<Accepted>,
+        events: Vec<LogRow>,
     ) -> Result<AppendOutcome, StoreError> {
         if events.is_empty() {
             return Ok(AppendOutcome::default());

@@ -12,7 +12,7 @@ use seam_core::Seq;
 use tokio::sync::oneshot;
 
 use crate::projector::Wakeup;
-use crate::{AppendOutcome, Command, Stats, StoreError, StoreOptions};
+use crate::{AppendOutcome, Command, LogRow, Stats, StoreError, StoreOptions};
 
 type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
 
@@ -80,7 +80,7 @@ impl Writer {
                     Command::Append { ws, events, reply } => {
                         let mut outcome = AppendOutcome::default();
                         for a in &events {
-                            match append(&tx, ws, &a.event, &a.json)? {
+                            match append(&tx, ws, a)? {
                                 Some(seq) => {
                                     last = Some(seq);
                                     outcome.stored += 1;
@@ -91,8 +91,9 @@ impl Writer {
                         replies.push((reply, outcome));
                     }
                     Command::System { events } => {
-                        for e in &events {
-                            if let Some(seq) = append(&tx, e.ws, &e.event, &e.json)? {
+                        for e in events {
+                            let ws = e.ws;
+                            if let Some(seq) = append(&tx, ws, &LogRow::new(e.event, e.json))? {
                                 last = Some(seq);
                             }
                         }
@@ -128,12 +129,7 @@ impl Writer {
 }
 
 /// Appends one event unless its workspace already holds its messageId; returns its log position if stored.
-fn append(
-    tx: &Transaction<'_>,
-    ws: i64,
-    e: &seam_core::Event,
-    json: &str,
-) -> Result<Option<Seq>, StoreError> {
+fn append(tx: &Transaction<'_>, ws: i64, r: &LogRow) -> Result<Option<Seq>, StoreError> {
     let n = tx
         .prepare_cached(
             "INSERT INTO events (ws, message_id, type, name, ts, received_at, body)
@@ -141,12 +137,12 @@ fn append(
         )?
         .execute(params![
             ws,
-            e.message_id,
-            e.kind.as_str(),
-            e.event,
-            e.timestamp,
-            e.received_at,
-            json
+            r.message_id,
+            r.kind,
+            r.name,
+            r.timestamp,
+            r.received_at,
+            r.json
         ])?;
     Ok((n == 1).then(|| tx.last_insert_rowid()))
 }
