@@ -23,21 +23,30 @@ pub(crate) async fn collect(
     let result = handle(&state, &call, &headers, body).await;
     let m = &state.metrics;
     match result {
-        Ok(stored) => {
+        Ok(Answer::Stored) => {
             m.observe_ack(watch.elapsed());
             m.count_request(200);
-            let _ = stored;
             Json(json!({"success": true})).into_response()
         }
+        Ok(Answer::Partly(e)) => {
+            // The valid events of the batch were made durable before this answer.
+            m.observe_ack(watch.elapsed());
+            m.count_request(e.status);
+            e.into_response()
+        }
         Err(e) => {
-            if e.status == 400 || e.status == 413 {
-                // Valid events of a partly rejected batch were made durable before this answer.
-                m.observe_ack(watch.elapsed());
-            }
             m.count_request(e.status);
             e.into_response()
         }
     }
+}
+
+/// A request that got as far as the log.
+enum Answer {
+    /// Every event is durable.
+    Stored,
+    /// The valid events are durable; the error names the others.
+    Partly(ApiError),
 }
 
 async fn handle(
@@ -45,7 +54,7 @@ async fn handle(
     call: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<usize, ApiError> {
+) -> Result<Answer, ApiError> {
     let kind = CallKind::from_path(call).ok_or_else(|| {
         ApiError::new(
             404,
@@ -92,7 +101,7 @@ async fn handle(
         .await
         .map_err(ApiError::from_store)?;
     if parsed.rejected.is_empty() {
-        return Ok(stored);
+        return Ok(Answer::Stored);
     }
     state.metrics.count_rejected(parsed.rejected.len() as u64);
     let only_size = parsed.rejected.iter().all(|e| e.too_large);
@@ -123,7 +132,12 @@ async fn handle(
             reason: e.reason,
         })
         .collect();
-    Err(ApiError::new(status, code, message).with_errors(errors))
+    let error = ApiError::new(status, code, message).with_errors(errors);
+    if stored > 0 {
+        Ok(Answer::Partly(error))
+    } else {
+        Err(error)
+    }
 }
 
 fn describe(e: &seam_ingest::FieldError) -> String {

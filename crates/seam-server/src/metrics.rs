@@ -126,7 +126,8 @@ pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
     let log_seq = st.log_seq.load(Ordering::Relaxed);
     let applied = st.applied_seq.load(Ordering::Relaxed);
     let received = st.applied_received_at.load(Ordering::Relaxed);
-    let lag_secs = if received > 0 {
+    // Age of the last applied event when the projections are behind: how far back in time they are.
+    let lag_secs = if applied < log_seq && received > 0 {
         (s.clock.now_ms() - received).max(0) as f64 / 1000.0
     } else {
         0.0
@@ -142,7 +143,7 @@ pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
     );
     let _ = writeln!(
         out,
-        "# HELP seam_processing_lag_seconds Age of the oldest event not yet applied to profiles."
+        "# HELP seam_processing_lag_seconds How far behind the log the profiles are, in seconds of receive time."
     );
     let _ = writeln!(
         out,

@@ -159,7 +159,14 @@ struct Shared {
     projector: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// A handle on the data folder's database; cheap to clone.
+impl Drop for Shared {
+    /// The last handle gone: the projector stops, which lets the log writer stop too.
+    fn drop(&mut self) {
+        self.wakeup.stop();
+    }
+}
+
+/// A handle on the data folder's databases; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
