@@ -1,0 +1,411 @@
+use proptest::prelude::*;
+
+use crate::ast::*;
+use crate::{parse, print, EXAMPLES};
+
+#[test]
+fn the_shipped_examples_parse_and_print_back_to_the_same_tree() {
+    for (name, text) in EXAMPLES {
+        let tree = parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(parse(&print(&tree)).unwrap(), tree, "{name}");
+        let json = serde_json::to_string(&tree).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Expr>(&json).unwrap(),
+            tree,
+            "{name}: the JSON form round-trips"
+        );
+    }
+}
+
+#[test]
+fn the_same_item_example_reads_as_intended() {
+    let tree = parse(EXAMPLES[0].1).unwrap();
+    let Expr::ForSome { property, expr } = tree else {
+        panic!("for some")
+    };
+    assert_eq!(property, ["product_id"]);
+    let Expr::And { args } = *expr else {
+        panic!("and")
+    };
+    let Expr::Compare { left, cmp, right } = &args[0] else {
+        panic!("compare")
+    };
+    assert_eq!(left.of.event, "Product Viewed");
+    assert_eq!(left.of.filters[0].test, Test::IsItem);
+    assert_eq!(
+        left.window,
+        Window::Last {
+            duration: Duration {
+                amount: 7,
+                unit: Unit::Days
+            }
+        }
+    );
+    assert_eq!(
+        (*cmp, right),
+        (
+            Cmp::Ge,
+            &Operand::Value {
+                value: Literal::Number(3.0)
+            }
+        )
+    );
+}
+
+#[test]
+fn a_filter_and_is_told_apart_from_a_condition_and() {
+    let tree = parse(r#"count of "Product Viewed" where category = "coffee" and price > 500 in last 7 days >= 3 and has email"#)
+        .unwrap();
+    let Expr::And { args } = tree else {
+        panic!("and")
+    };
+    assert_eq!(args.len(), 2);
+    let Expr::Compare { left, .. } = &args[0] else {
+        panic!("compare")
+    };
+    assert_eq!(left.of.filters.len(), 2);
+    assert_eq!(
+        args[1],
+        Expr::Has {
+            identifier: "email".into()
+        }
+    );
+}
+
+#[test]
+fn every_kind_of_condition_parses() {
+    for text in [
+        r#"trait plan = "gold""#,
+        r#"trait age >= 18 and trait city in ("Kazan", "Moscow") and trait name contains "ann""#,
+        "trait email is set or trait phone is not set",
+        "trait address.city = \"Kazan\"",
+        "has push_token and has telegram_id",
+        "consents to email and consents to sms for marketing",
+        r#"in segment "VIP""#,
+        r#"sum revenue of "Order Completed" in last 90 days > 10000"#,
+        r#"avg revenue of "Order Completed" >= 1500.5"#,
+        r#"distinct category of "Product Viewed" in last 30 days >= 3"#,
+        r#"first time of "Order Completed" > 30 days ago"#,
+        r#""Product Added" not followed by "Order Completed" within 20 minutes"#,
+        r#""Product Viewed" where product_id = "sku-1" then "Product Added" within 1 hour"#,
+        r#"not (has email or has phone)"#,
+        "trait `count` = 1",
+    ] {
+        let tree = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(parse(&print(&tree)).unwrap(), tree, "{text}");
+    }
+}
+
+#[test]
+fn broken_definitions_name_the_line_the_column_and_what_was_expected() {
+    let cases: &[(&str, usize, usize, &str)] = &[
+        (
+            "",
+            1,
+            1,
+            "expected a condition, found the end of the definition",
+        ),
+        ("trait plan", 1, 11, "expected a test"),
+        ("trait plan = ", 1, 14, "expected a value"),
+        ("trait age > \"old\"", 1, 13, "`>` compares numbers"),
+        (
+            "count of Product",
+            1,
+            10,
+            "expected an event name as a string",
+        ),
+        (
+            "count of \"X\" >= ",
+            1,
+            17,
+            "expected a number or another aggregate",
+        ),
+        (
+            "count of \"X\" in last 7 days",
+            1,
+            28,
+            "expected a comparison",
+        ),
+        (
+            "count of \"X\" in last 7 fortnights >= 1",
+            1,
+            24,
+            "expected a unit",
+        ),
+        (
+            "count of \"X\" in last 0 days >= 1",
+            1,
+            22,
+            "a whole number from 1",
+        ),
+        (
+            "has email and\n  (has phone",
+            2,
+            13,
+            "expected `)` to close the parenthesis",
+        ),
+        (
+            "has email has phone",
+            1,
+            11,
+            "expected `and`, `or` or the end",
+        ),
+        ("last time of \"Order\" < 5", 1, 25, "expected a unit"),
+        (
+            "last time of \"Order\" < count of \"X\"",
+            1,
+            1,
+            "a time (first/last time of …) can only be compared with a time",
+        ),
+        (
+            "count of \"X\" where id = item >= 1",
+            1,
+            25,
+            "`item` only has a meaning inside `for some",
+        ),
+        (
+            "count of \"X\" between 1 days ago and 5 days ago >= 1",
+            1,
+            14,
+            "needs A longer than B",
+        ),
+        ("\"A\" then \"B\"", 1, 13, "expected `within`"),
+        ("trait x = \"unclosed", 1, 11, "a string is not closed"),
+        ("trait x = 1 @", 1, 13, "unexpected character '@'"),
+        ("banana", 1, 1, "expected a condition: `trait …`"),
+        (
+            "in segment VIP",
+            1,
+            12,
+            "expected the segment's name as a string",
+        ),
+    ];
+    for (text, line, column, message) in cases {
+        let e = parse(text).expect_err(text);
+        assert_eq!((e.line, e.column), (*line, *column), "{text:?}: {e}");
+        assert!(e.message.contains(message), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn definitions_too_large_or_too_deep_are_refused() {
+    let deep = format!("{}has email{}", "(".repeat(40), ")".repeat(40));
+    assert!(parse(&deep)
+        .unwrap_err()
+        .message
+        .contains("nested deeper than 32"));
+    let wide = vec!["has email"; 300].join(" and ");
+    assert!(parse(&wide)
+        .unwrap_err()
+        .message
+        .contains("more than 256 conditions"));
+    let huge = format!("trait x = \"{}\"", "a".repeat(70_000));
+    assert!(parse(&huge).unwrap_err().message.contains("limit is 65536"));
+}
+
+// Generated trees, printed and parsed back.
+
+fn word() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z][a-z0-9_]{0,8}",
+        Just("count".to_owned()),
+        Just("item".to_owned()),
+        "[A-Za-z][A-Za-z0-9 ._-]{0,8}",
+    ]
+}
+
+fn path() -> impl Strategy<Value = Vec<String>> {
+    prop::collection::vec(word(), 1..3)
+}
+
+fn literal() -> impl Strategy<Value = Literal> {
+    prop_oneof![
+        any::<bool>().prop_map(Literal::Bool),
+        (-1e9f64..1e9).prop_map(Literal::Number),
+        (-1000i32..1000).prop_map(|n| Literal::Number(n.into())),
+        ".{0,12}".prop_map(Literal::String),
+    ]
+}
+
+fn cmp() -> impl Strategy<Value = Cmp> {
+    prop_oneof![
+        Just(Cmp::Eq),
+        Just(Cmp::Ne),
+        Just(Cmp::Lt),
+        Just(Cmp::Le),
+        Just(Cmp::Gt),
+        Just(Cmp::Ge)
+    ]
+}
+
+fn test_value(item: bool) -> impl Strategy<Value = Test> {
+    let t = prop_oneof![
+        (cmp(), literal()).prop_map(|(cmp, value)| {
+            let value = match (cmp, value) {
+                (Cmp::Lt | Cmp::Le | Cmp::Gt | Cmp::Ge, Literal::Number(n)) => Literal::Number(n),
+                (Cmp::Lt | Cmp::Le | Cmp::Gt | Cmp::Ge, _) => Literal::Number(1.0),
+                (_, v) => v,
+            };
+            Test::Compare { cmp, value }
+        }),
+        ".{0,8}".prop_map(|value| Test::Contains { value }),
+        prop::collection::vec(literal(), 1..4).prop_map(|values| Test::In { values }),
+        Just(Test::IsSet),
+        Just(Test::IsNotSet),
+    ];
+    if item {
+        prop_oneof![4 => t, 1 => Just(Test::IsItem)].boxed()
+    } else {
+        t.boxed()
+    }
+}
+
+fn duration() -> impl Strategy<Value = Duration> {
+    let unit = prop_oneof![
+        Just(Unit::Minutes),
+        Just(Unit::Hours),
+        Just(Unit::Days),
+        Just(Unit::Weeks)
+    ];
+    (1u32..1000, unit).prop_map(|(amount, unit)| Duration { amount, unit })
+}
+
+fn event_sel(item: bool) -> impl Strategy<Value = EventSel> {
+    (
+        ".{1,12}",
+        prop::collection::vec((path(), test_value(item)), 0..3),
+    )
+        .prop_map(|(event, fs)| EventSel {
+            event,
+            filters: fs
+                .into_iter()
+                .map(|(property, test)| Filter { property, test })
+                .collect(),
+        })
+}
+
+fn window() -> impl Strategy<Value = Window> {
+    prop_oneof![
+        Just(Window::Ever),
+        duration().prop_map(|duration| Window::Last { duration }),
+        (duration(), 1u32..100).prop_map(|(to, extra)| Window::Between {
+            from: Duration {
+                amount: to.amount + extra,
+                unit: to.unit
+            },
+            to,
+        }),
+    ]
+}
+
+fn metric(time: bool, item: bool) -> impl Strategy<Value = Metric> {
+    let agg = if time {
+        prop_oneof![Just(Agg::FirstTime), Just(Agg::LastTime)].boxed()
+    } else {
+        prop_oneof![
+            Just(Agg::Count),
+            path().prop_map(|property| Agg::Sum { property }),
+            path().prop_map(|property| Agg::Avg { property }),
+            path().prop_map(|property| Agg::Min { property }),
+            path().prop_map(|property| Agg::Max { property }),
+            path().prop_map(|property| Agg::Distinct { property }),
+        ]
+        .boxed()
+    };
+    (agg, event_sel(item), window()).prop_map(|(agg, of, window)| Metric { agg, of, window })
+}
+
+fn condition(item: bool) -> impl Strategy<Value = Expr> {
+    prop_oneof![
+        (path(), test_value(false)).prop_map(|(path, test)| Expr::Trait { path, test }),
+        word().prop_map(|identifier| Expr::Has { identifier }),
+        (word(), prop::option::of(word()))
+            .prop_map(|(channel, topic)| Expr::Consent { channel, topic }),
+        ".{0,10}".prop_map(|segment| Expr::InSegment { segment }),
+        (
+            metric(false, item),
+            cmp(),
+            prop_oneof![
+                (-1e6f64..1e6).prop_map(|n| Operand::Value {
+                    value: Literal::Number(n)
+                }),
+                metric(false, item).prop_map(|metric| Operand::Metric { metric }),
+            ]
+        )
+            .prop_map(|(left, cmp, right)| Expr::Compare { left, cmp, right }),
+        (
+            metric(true, item),
+            cmp(),
+            prop_oneof![
+                duration().prop_map(|duration| Operand::Ago { duration }),
+                metric(true, item).prop_map(|metric| Operand::Metric { metric }),
+            ]
+        )
+            .prop_map(|(left, cmp, right)| Expr::Compare { left, cmp, right }),
+        (event_sel(item), event_sel(item), duration(), any::<bool>()).prop_map(
+            |(first, then, within, negated)| Expr::Sequence {
+                first,
+                then,
+                within,
+                negated
+            }
+        ),
+    ]
+}
+
+fn tree() -> impl Strategy<Value = Expr> {
+    let leaf = prop_oneof![
+        4 => condition(false),
+        1 => (path(), condition(true)).prop_map(|(property, e)| Expr::ForSome { property, expr: Box::new(e) }),
+    ];
+    leaf.prop_recursive(4, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 2..4).prop_map(|args| Expr::And {
+                args: args
+                    .into_iter()
+                    .flat_map(|a| match a {
+                        Expr::And { args } => args,
+                        a => vec![a],
+                    })
+                    .collect(),
+            }),
+            prop::collection::vec(inner.clone(), 2..4).prop_map(|args| Expr::Or {
+                args: args
+                    .into_iter()
+                    .flat_map(|a| match a {
+                        Expr::Or { args } => args,
+                        a => vec![a],
+                    })
+                    .collect(),
+            }),
+            inner.prop_map(|a| Expr::Not { arg: Box::new(a) }),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn text_to_tree_to_text_round_trips(t in tree()) {
+        let text = print(&t);
+        let back = parse(&text).map_err(|e| TestCaseError::fail(format!("{text}\n{e}")))?;
+        prop_assert_eq!(&back, &t, "{}", text);
+        prop_assert_eq!(print(&back), text);
+    }
+}
+
+#[test]
+fn the_json_form_in_the_docs_is_the_tree_of_its_text() {
+    let json = r#"{"op": "and", "args": [
+      {"op": "compare",
+       "left": {"agg": {"fn": "count"}, "of": {"event": "Call Started"}, "window": {"kind": "last", "duration": {"amount": 30, "unit": "days"}}},
+       "cmp": ">=", "right": {"kind": "value", "value": 3.0}},
+      {"op": "has", "identifier": "email"}
+    ]}"#;
+    let tree: Expr = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        tree,
+        parse(r#"count of "Call Started" in last 30 days >= 3 and has email"#).unwrap()
+    );
+}
