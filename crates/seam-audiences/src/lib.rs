@@ -4,14 +4,18 @@
 //! - [`parse`]: text → tree, with errors that name the line and column and say what was expected, and limits on
 //!   size and depth.
 //! - [`print`]: tree → canonical text; `parse(print(t)) == t` for every tree (tested by property).
+//! - [`eval`]: evaluation from scratch against one person's data, and `explain`: why a person is or is not
+//!   in a segment, condition by condition, with the values that decided it.
 //!
 //! The grammar and examples are in `docs/segments.md`. Nothing here does IO.
 
 pub mod ast;
+pub mod eval;
 pub mod parse;
 pub mod print;
 
 pub use ast::Expr;
+pub use eval::{evaluate, explain, Explanation, Person, PersonEvent};
 pub use parse::{parse, ParseError};
 pub use print::print;
 

@@ -409,3 +409,160 @@ fn the_json_form_in_the_docs_is_the_tree_of_its_text() {
         parse(r#"count of "Call Started" in last 30 days >= 3 and has email"#).unwrap()
     );
 }
+
+mod evaluation {
+    use serde_json::{json, Map, Value};
+
+    use crate::eval::{evaluate, explain, Person, PersonEvent};
+    use crate::{parse, EXAMPLES};
+
+    const DAY: i64 = 86_400_000;
+    const NOW: i64 = 1_795_392_000_000;
+
+    fn ev(name: &str, days_ago: f64, props: Value) -> PersonEvent {
+        PersonEvent {
+            name: name.into(),
+            at: NOW - (days_ago * DAY as f64) as i64,
+            properties: props.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn holds(def: &str, events: &[PersonEvent], traits: Value, now: i64) -> bool {
+        let traits: Map<String, Value> = traits.as_object().cloned().unwrap_or_default();
+        let ids = [("email".to_owned(), "a@x.io".to_owned())];
+        let person = Person {
+            traits: &traits,
+            identities: &ids,
+            events,
+            in_segment: &|s| s == "VIP",
+        };
+        evaluate(&parse(def).unwrap(), &person, now)
+    }
+
+    #[test]
+    fn viewed_the_same_product_three_times_without_adding_it() {
+        let def = EXAMPLES[0].1;
+        let mut events = vec![
+            ev("Product Viewed", 1.0, json!({"product_id": "sku-1"})),
+            ev("Product Viewed", 2.0, json!({"product_id": "sku-2"})),
+            ev("Product Viewed", 3.0, json!({"product_id": "sku-1"})),
+        ];
+        assert!(
+            !holds(def, &events, json!({}), NOW),
+            "two views of one product are not enough"
+        );
+        events.push(ev("Product Viewed", 0.5, json!({"product_id": "sku-1"})));
+        assert!(holds(def, &events, json!({}), NOW));
+        events.push(ev("Product Added", 0.2, json!({"product_id": "sku-1"})));
+        assert!(!holds(def, &events, json!({}), NOW), "added to the cart");
+        events.push(ev("Product Viewed", 0.1, json!({"product_id": "sku-2"})));
+        events.push(ev("Product Viewed", 0.1, json!({"product_id": "sku-2"})));
+        assert!(
+            holds(def, &events, json!({}), NOW),
+            "another product now qualifies"
+        );
+        assert!(
+            !holds(def, &events, json!({}), NOW + 8 * DAY),
+            "the views are older than 7 days"
+        );
+    }
+
+    #[test]
+    fn calls_often_but_does_not_buy() {
+        let def = EXAMPLES[1].1;
+        let mut events: Vec<PersonEvent> = (0..3)
+            .map(|i| ev("Call Started", i as f64 * 5.0, json!({})))
+            .collect();
+        assert!(holds(def, &events, json!({}), NOW));
+        assert!(
+            !holds(def, &events, json!({}), NOW + 20 * DAY),
+            "the calls fall out of the 30 days"
+        );
+        events.push(ev("Order Completed", 1.0, json!({"revenue": 100})));
+        assert!(!holds(def, &events, json!({}), NOW));
+    }
+
+    #[test]
+    fn last_purchase_long_ago_and_buying_less() {
+        let def = EXAMPLES[2].1;
+        let mut events: Vec<PersonEvent> = [300.0, 250.0, 200.0, 100.0]
+            .iter()
+            .map(|&d| ev("Order Completed", d, json!({})))
+            .collect();
+        assert!(holds(def, &events, json!({}), NOW));
+        assert!(
+            !holds(def, &[], json!({}), NOW),
+            "never bought: not a lapsing buyer"
+        );
+        events.push(ev("Order Completed", 10.0, json!({})));
+        assert!(!holds(def, &events, json!({}), NOW));
+    }
+
+    #[test]
+    fn a_cart_not_followed_by_an_order_qualifies_only_once_the_time_has_passed() {
+        let def = r#""Product Added" not followed by "Order Completed" within 20 minutes"#;
+        let added = ev("Product Added", 0.0, json!({}));
+        let min = 60_000;
+        assert!(!holds(
+            def,
+            std::slice::from_ref(&added),
+            json!({}),
+            NOW + 10 * min
+        ));
+        assert!(holds(
+            def,
+            std::slice::from_ref(&added),
+            json!({}),
+            NOW + 21 * min
+        ));
+        let mut bought = vec![added.clone(), added];
+        bought[1] = PersonEvent {
+            name: "Order Completed".into(),
+            at: NOW + 15 * min,
+            properties: Map::new(),
+        };
+        assert!(!holds(def, &bought, json!({}), NOW + 21 * min));
+    }
+
+    #[test]
+    fn traits_identities_consents_and_membership() {
+        let traits = json!({"plan": "gold", "age": 31, "tags": ["b2b"], "consent": {"email": true, "sms": {"marketing": true}}});
+        for (def, expected) in [
+            (r#"trait plan = "gold""#, true),
+            (r#"trait plan != "gold""#, false),
+            ("trait age > 30 and trait age <= 31", true),
+            (r#"trait tags contains "b2b""#, true),
+            (r#"trait plan in ("silver", "gold")"#, true),
+            ("trait city is not set", true),
+            ("has email and not has phone", true),
+            ("consents to email", true),
+            ("consents to sms", false),
+            ("consents to sms for marketing", true),
+            (r#"in segment "VIP""#, true),
+        ] {
+            assert_eq!(holds(def, &[], traits.clone(), NOW), expected, "{def}");
+        }
+    }
+
+    #[test]
+    fn explain_says_which_values_decided() {
+        let events = [
+            ev("Call Started", 1.0, json!({})),
+            ev("Call Started", 2.0, json!({})),
+        ];
+        let traits = Map::new();
+        let person = Person {
+            traits: &traits,
+            identities: &[],
+            events: &events,
+            in_segment: &|_| false,
+        };
+        let x = explain(&parse(EXAMPLES[1].1).unwrap(), &person, NOW);
+        assert!(!x.result);
+        assert_eq!(x.parts.len(), 2);
+        assert_eq!(x.parts[0].detail, "2 >= 3");
+        assert!(!x.parts[0].result);
+        assert_eq!(x.parts[1].detail, "0 = 0");
+        assert!(x.parts[1].result);
+    }
+}

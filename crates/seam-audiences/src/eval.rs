@@ -1,0 +1,404 @@
+//! Evaluating a definition from scratch against one person's data, and explaining the result condition by
+//! condition. This is the reference semantics: previews, `explain`, and the check that incrementally kept
+//! membership equals a fresh evaluation all use it.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::ast::{Agg, Cmp, EventSel, Expr, Literal, Metric, Operand, Test, Window};
+use crate::print::print;
+
+use seam_core::clock::format_rfc3339 as rfc3339;
+pub use seam_core::Millis;
+
+/// One of the person's events as evaluation sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonEvent {
+    pub name: String,
+    pub at: Millis,
+    pub properties: Map<String, Value>,
+}
+
+/// What a definition is evaluated against.
+pub struct Person<'a> {
+    pub traits: &'a Map<String, Value>,
+    /// `(type, value)` of each identifier the person holds.
+    pub identities: &'a [(String, String)],
+    pub events: &'a [PersonEvent],
+    /// Membership of other segments, by name.
+    pub in_segment: &'a dyn Fn(&str) -> bool,
+}
+
+/// Why a condition holds or not, with the values that decided it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    pub condition: String,
+    pub result: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Explanation>,
+}
+
+/// Whether `person` belongs to the segment `e` at `now`.
+pub fn evaluate(e: &Expr, person: &Person<'_>, now: Millis) -> bool {
+    explain(e, person, now).result
+}
+
+/// Evaluates `e` and says why, condition by condition.
+pub fn explain(e: &Expr, person: &Person<'_>, now: Millis) -> Explanation {
+    Evaluator {
+        person,
+        now,
+        item: None,
+    }
+    .explain(e)
+}
+
+struct Evaluator<'p, 'a> {
+    person: &'p Person<'a>,
+    now: Millis,
+    /// The value bound by the innermost `for some`.
+    item: Option<Value>,
+}
+
+impl Evaluator<'_, '_> {
+    fn explain(&mut self, e: &Expr) -> Explanation {
+        let leaf = |result: bool, detail: String| Explanation {
+            condition: print(e),
+            result,
+            detail,
+            parts: Vec::new(),
+        };
+        match e {
+            Expr::And { args } | Expr::Or { args } => {
+                let is_and = matches!(e, Expr::And { .. });
+                let parts: Vec<Explanation> = args.iter().map(|a| self.explain(a)).collect();
+                let result = if is_and {
+                    parts.iter().all(|p| p.result)
+                } else {
+                    parts.iter().any(|p| p.result)
+                };
+                Explanation {
+                    condition: print(e),
+                    result,
+                    detail: String::new(),
+                    parts,
+                }
+            }
+            Expr::Not { arg } => {
+                let inner = self.explain(arg);
+                Explanation {
+                    condition: print(e),
+                    result: !inner.result,
+                    detail: String::new(),
+                    parts: vec![inner],
+                }
+            }
+            Expr::Trait { path, test } => {
+                let v = lookup(self.person.traits, path);
+                leaf(
+                    self.test(test, v),
+                    format!("{} is {}", path.join("."), shown(v)),
+                )
+            }
+            Expr::Has { identifier } => {
+                let n = self
+                    .person
+                    .identities
+                    .iter()
+                    .filter(|(t, _)| t == identifier)
+                    .count();
+                leaf(n > 0, format!("{n} {identifier} identifier(s)"))
+            }
+            Expr::Consent { channel, topic } => {
+                // Consents are traits: `consent.email = true` for the channel, `consent.email.marketing = true`
+                // for one topic on it.
+                let mut path = vec!["consent".to_owned(), channel.clone()];
+                path.extend(topic.iter().cloned());
+                let v = lookup(self.person.traits, &path);
+                leaf(
+                    v == Some(&Value::Bool(true)),
+                    format!("{} is {}", path.join("."), shown(v)),
+                )
+            }
+            Expr::InSegment { segment } => {
+                let r = (self.person.in_segment)(segment);
+                leaf(
+                    r,
+                    format!(
+                        "{} a member of {segment:?}",
+                        if r { "is" } else { "is not" }
+                    ),
+                )
+            }
+            Expr::Compare { left, cmp, right } => {
+                let l = self.metric(left);
+                let (r, r_shown) = match right {
+                    Operand::Value { value } => {
+                        (Measure::Number(literal_number(value)), literal_shown(value))
+                    }
+                    Operand::Metric { metric } => {
+                        let m = self.metric(metric);
+                        let s = m.shown();
+                        (m, s)
+                    }
+                    Operand::Ago { duration } => {
+                        let t = self.now - duration.millis();
+                        (Measure::Time(Some(t)), rfc3339(t))
+                    }
+                };
+                let result = match (&l, &r) {
+                    (Measure::Number(Some(a)), Measure::Number(Some(b))) => compare(*cmp, *a, *b),
+                    (Measure::Time(Some(a)), Measure::Time(Some(b))) => {
+                        compare(*cmp, *a as f64, *b as f64)
+                    }
+                    _ => false,
+                };
+                leaf(
+                    result,
+                    format!("{} {} {}", l.shown(), cmp.as_str(), r_shown),
+                )
+            }
+            Expr::Sequence {
+                first,
+                then,
+                within,
+                negated,
+            } => {
+                let firsts: Vec<Millis> =
+                    self.matching(first, &Window::Ever).map(|e| e.at).collect();
+                let thens: Vec<Millis> = self.matching(then, &Window::Ever).map(|e| e.at).collect();
+                let w = within.millis();
+                let followed = |a: Millis| thens.iter().any(|&b| b >= a && b <= a + w);
+                if *negated {
+                    // The most recent first event whose time to be followed has run out, not followed.
+                    let last = firsts.iter().copied().filter(|&a| a + w <= self.now).max();
+                    let result = last.is_some_and(|a| !followed(a));
+                    let detail = match last {
+                        None => format!(
+                            "no {:?} whose {} have passed",
+                            first.event,
+                            print_duration(within)
+                        ),
+                        Some(a) => format!(
+                            "last {:?} at {}, {}",
+                            first.event,
+                            rfc3339(a),
+                            if result { "not followed" } else { "followed" }
+                        ),
+                    };
+                    leaf(result, detail)
+                } else {
+                    let hit = firsts.iter().copied().find(|&a| followed(a));
+                    leaf(
+                        hit.is_some(),
+                        match hit {
+                            Some(a) => format!("{:?} at {} was followed", first.event, rfc3339(a)),
+                            None => {
+                                format!("{} {:?}, none followed in time", firsts.len(), first.event)
+                            }
+                        },
+                    )
+                }
+            }
+            Expr::ForSome { property, expr } => {
+                let mut values: BTreeSet<String> = BTreeSet::new();
+                let mut candidates = Vec::new();
+                for ev in self.person.events {
+                    if let Some(v) = lookup(&ev.properties, property) {
+                        if values.insert(v.to_string()) {
+                            candidates.push(v.clone());
+                        }
+                    }
+                }
+                let saved = self.item.take();
+                let mut found = None;
+                for v in candidates {
+                    self.item = Some(v.clone());
+                    let inner = self.explain(expr);
+                    if inner.result {
+                        found = Some((v, inner));
+                        break;
+                    }
+                }
+                self.item = saved;
+                match found {
+                    Some((v, inner)) => Explanation {
+                        condition: print(e),
+                        result: true,
+                        detail: format!("{} = {}", property.join("."), v),
+                        parts: vec![inner],
+                    },
+                    None => leaf(
+                        false,
+                        format!(
+                            "no value of {} among {} satisfies it",
+                            property.join("."),
+                            values.len()
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+
+    fn matching<'s>(
+        &'s self,
+        sel: &'s EventSel,
+        window: &'s Window,
+    ) -> impl Iterator<Item = &'s PersonEvent> + 's {
+        let now = self.now;
+        self.person.events.iter().filter(move |ev| {
+            ev.name == sel.event
+                && in_window(ev.at, window, now)
+                && sel
+                    .filters
+                    .iter()
+                    .all(|f| self.test(&f.test, lookup(&ev.properties, &f.property)))
+        })
+    }
+
+    fn metric(&self, m: &Metric) -> Measure {
+        let events: Vec<&PersonEvent> = self.matching(&m.of, &m.window).collect();
+        let numbers = |p: &Vec<String>| -> Vec<f64> {
+            events
+                .iter()
+                .filter_map(|e| lookup(&e.properties, p).and_then(Value::as_f64))
+                .collect()
+        };
+        match &m.agg {
+            Agg::Count => Measure::Number(Some(events.len() as f64)),
+            Agg::Sum { property } => Measure::Number(Some(numbers(property).iter().sum())),
+            Agg::Avg { property } => {
+                let v = numbers(property);
+                Measure::Number((!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64))
+            }
+            Agg::Min { property } => {
+                Measure::Number(numbers(property).into_iter().reduce(f64::min))
+            }
+            Agg::Max { property } => {
+                Measure::Number(numbers(property).into_iter().reduce(f64::max))
+            }
+            Agg::Distinct { property } => {
+                let set: BTreeSet<String> = events
+                    .iter()
+                    .filter_map(|e| lookup(&e.properties, property))
+                    .map(Value::to_string)
+                    .collect();
+                Measure::Number(Some(set.len() as f64))
+            }
+            Agg::FirstTime => Measure::Time(events.iter().map(|e| e.at).min()),
+            Agg::LastTime => Measure::Time(events.iter().map(|e| e.at).max()),
+        }
+    }
+
+    fn test(&self, t: &Test, v: Option<&Value>) -> bool {
+        let present = v.filter(|v| !v.is_null());
+        match t {
+            Test::IsSet => present.is_some(),
+            Test::IsNotSet => present.is_none(),
+            Test::IsItem => match (present, &self.item) {
+                (Some(v), Some(item)) => v == item,
+                _ => false,
+            },
+            Test::Contains { value } => match present {
+                Some(Value::String(s)) => s.contains(value.as_str()),
+                Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(value.as_str())),
+                _ => false,
+            },
+            Test::In { values } => present.is_some_and(|v| values.iter().any(|l| literal_eq(l, v))),
+            Test::Compare { cmp, value } => match present {
+                None => *cmp == Cmp::Ne,
+                Some(v) => match (cmp, value, v) {
+                    (Cmp::Eq, l, v) => literal_eq(l, v),
+                    (Cmp::Ne, l, v) => !literal_eq(l, v),
+                    (c, Literal::Number(n), Value::Number(x)) => {
+                        x.as_f64().is_some_and(|x| compare(*c, x, *n))
+                    }
+                    _ => false,
+                },
+            },
+        }
+    }
+}
+
+enum Measure {
+    Number(Option<f64>),
+    Time(Option<Millis>),
+}
+
+impl Measure {
+    fn shown(&self) -> String {
+        match self {
+            Measure::Number(Some(n)) => format!("{n}"),
+            Measure::Time(Some(t)) => rfc3339(*t),
+            Measure::Number(None) | Measure::Time(None) => "nothing".to_owned(),
+        }
+    }
+}
+
+fn in_window(at: Millis, w: &Window, now: Millis) -> bool {
+    match w {
+        Window::Ever => at <= now,
+        Window::Last { duration } => at > now - duration.millis() && at <= now,
+        Window::Between { from, to } => at > now - from.millis() && at <= now - to.millis(),
+    }
+}
+
+fn compare(c: Cmp, a: f64, b: f64) -> bool {
+    match c {
+        Cmp::Eq => a == b,
+        Cmp::Ne => a != b,
+        Cmp::Lt => a < b,
+        Cmp::Le => a <= b,
+        Cmp::Gt => a > b,
+        Cmp::Ge => a >= b,
+    }
+}
+
+fn literal_eq(l: &Literal, v: &Value) -> bool {
+    match (l, v) {
+        (Literal::Bool(a), Value::Bool(b)) => a == b,
+        (Literal::Number(a), Value::Number(b)) => b.as_f64() == Some(*a),
+        (Literal::String(a), Value::String(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn literal_number(l: &Literal) -> Option<f64> {
+    match l {
+        Literal::Number(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn literal_shown(l: &Literal) -> String {
+    match l {
+        Literal::Bool(b) => b.to_string(),
+        Literal::Number(n) => format!("{n}"),
+        Literal::String(s) => format!("{s:?}"),
+    }
+}
+
+fn lookup<'v>(map: &'v Map<String, Value>, path: &[String]) -> Option<&'v Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = map.get(first)?;
+    for p in rest {
+        v = v.as_object()?.get(p)?;
+    }
+    Some(v)
+}
+
+fn shown(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "not set".to_owned(),
+        Some(v) => v.to_string(),
+    }
+}
+
+fn print_duration(d: &crate::ast::Duration) -> String {
+    format!("{} {}", d.amount, d.unit.as_str())
+}
