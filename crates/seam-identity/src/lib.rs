@@ -16,7 +16,7 @@
 //! Because merges follow co-occurrence transitively, the final grouping of identifiers into profiles does not
 //! depend on the order the calls arrive in (as long as no limit is hit); `tests` checks this by property.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use seam_core::{Identifier, IdentifierRules, IdentifierType, ProfileId};
 use serde::Serialize;
@@ -213,6 +213,40 @@ fn exceeded(
         let total = held.get(kind).map_or(0, Vec::len) + values.len();
         (total > limit as usize).then(|| (kind.clone(), limit))
     })
+}
+
+/// The grouping stitching must produce when no limit is hit: identifiers that appeared in one call together
+/// belong to one person, transitively (a union-find over co-occurrence). The property tests and the end-to-end
+/// pipeline test check `resolve` against it.
+pub fn co_occurrence_groups<T: Ord + Clone>(calls: &[Vec<T>]) -> BTreeSet<BTreeSet<T>> {
+    fn find<T: Ord + Clone>(parent: &mut BTreeMap<T, T>, x: &T) -> T {
+        let up = parent.get(x).cloned().unwrap_or_else(|| x.clone());
+        if &up == x {
+            return up;
+        }
+        let root = find(parent, &up);
+        parent.insert(x.clone(), root.clone());
+        root
+    }
+    let mut parent: BTreeMap<T, T> = BTreeMap::new();
+    for call in calls {
+        for x in call {
+            parent.entry(x.clone()).or_insert_with(|| x.clone());
+        }
+        for pair in call.windows(2) {
+            let (a, b) = (find(&mut parent, &pair[0]), find(&mut parent, &pair[1]));
+            if a != b {
+                parent.insert(a, b);
+            }
+        }
+    }
+    let keys: Vec<T> = parent.keys().cloned().collect();
+    let mut groups: BTreeMap<T, BTreeSet<T>> = BTreeMap::new();
+    for k in keys {
+        let root = find(&mut parent, &k);
+        groups.entry(root).or_default().insert(k);
+    }
+    groups.into_values().collect()
 }
 
 #[cfg(test)]

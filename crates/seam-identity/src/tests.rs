@@ -1,9 +1,9 @@
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use seam_core::{Identifier, IdentifierRules, IdentifierType, ProfileId};
 
-use crate::{alias_previous, resolve, MemoryGraph};
+use crate::{alias_previous, co_occurrence_groups, resolve, MemoryGraph};
 
 fn id(kind: &'static str, value: &str) -> Identifier {
     Identifier::new(IdentifierType::builtin(kind), value)
@@ -185,38 +185,6 @@ fn history() -> impl Strategy<Value = History> {
     })
 }
 
-/// The expected grouping: identifiers that appeared in a call together, transitively.
-fn components(calls: &[Vec<Identifier>]) -> BTreeSet<BTreeSet<Identifier>> {
-    let mut parent: BTreeMap<Identifier, Identifier> = BTreeMap::new();
-    fn find(parent: &mut BTreeMap<Identifier, Identifier>, x: &Identifier) -> Identifier {
-        let p = parent.get(x).cloned().unwrap_or_else(|| x.clone());
-        if &p == x {
-            return p;
-        }
-        let root = find(parent, &p);
-        parent.insert(x.clone(), root.clone());
-        root
-    }
-    for call in calls {
-        for x in call {
-            parent.entry(x.clone()).or_insert_with(|| x.clone());
-        }
-        for pair in call.windows(2) {
-            let (a, b) = (find(&mut parent, &pair[0]), find(&mut parent, &pair[1]));
-            if a != b {
-                parent.insert(a, b);
-            }
-        }
-    }
-    let keys: Vec<Identifier> = parent.keys().cloned().collect();
-    let mut groups: BTreeMap<Identifier, BTreeSet<Identifier>> = BTreeMap::new();
-    for k in keys {
-        let root = find(&mut parent, &k);
-        groups.entry(root).or_default().insert(k);
-    }
-    groups.into_values().collect()
-}
-
 fn grouping(g: &MemoryGraph) -> BTreeSet<BTreeSet<Identifier>> {
     g.profiles()
         .values()
@@ -240,7 +208,7 @@ proptest! {
             s ^= s << 13; s ^= s >> 7; s ^= s << 17;
             shuffled.swap(i, (s % (i as u64 + 1)) as usize);
         }
-        let expected = components(&h.calls);
+        let expected = co_occurrence_groups(&h.calls);
         prop_assert_eq!(grouping(&run(&h.calls)), expected.clone());
         prop_assert_eq!(grouping(&run(&shuffled)), expected);
     }

@@ -81,6 +81,21 @@ impl IdentityView for SqlView<'_> {
     }
 }
 
+/// Puts the event at `seq` on a profile's timeline (a replay finds it there already).
+fn on_timeline(
+    conn: &Connection,
+    ws: i64,
+    profile: i64,
+    ts: i64,
+    seq: Seq,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO timeline (ws, profile, ts, seq) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![ws, profile, ts, seq])?;
+    Ok(())
+}
+
 fn identities_of(conn: &Connection, ws: i64, profile: i64) -> rusqlite::Result<Vec<Identifier>> {
     let mut stmt =
         conn.prepare_cached("SELECT type, value FROM identities WHERE ws = ?1 AND profile = ?2")?;
@@ -146,11 +161,7 @@ impl Processor {
         self.apply_resolution(conn, seq, ws, event, &r)?;
         let profile = key(&r.profile);
         self.state(conn, ws, profile)?.apply(event, seq);
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO timeline (ws, profile, ts, seq) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![ws, profile, event.timestamp, seq])?;
-        Ok(())
+        on_timeline(conn, ws, profile, event.timestamp, seq)
     }
 
     /// A system event back from the log: onto the timeline of the profile it concerns, out of the outbox.
@@ -175,10 +186,7 @@ impl Processor {
             .query_row(params![ws, key(&target)], |r| r.get(0))
             .optional()?;
         if let Some(current) = current {
-            conn.prepare_cached(
-                "INSERT OR IGNORE INTO timeline (ws, profile, ts, seq) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![ws, current, event.timestamp, seq])?;
+            on_timeline(conn, ws, current, event.timestamp, seq)?;
         }
         Ok(())
     }

@@ -28,38 +28,6 @@ fn identifiers(e: &Value) -> Vec<String> {
     out
 }
 
-/// Identifiers that appeared together, transitively: what stitching must produce.
-fn expected_grouping(calls: &[Vec<String>]) -> BTreeSet<BTreeSet<String>> {
-    let mut parent: BTreeMap<String, String> = BTreeMap::new();
-    fn find(p: &mut BTreeMap<String, String>, x: &str) -> String {
-        let up = p.get(x).cloned().unwrap_or_else(|| x.to_owned());
-        if up == x {
-            return up;
-        }
-        let root = find(p, &up);
-        p.insert(x.to_owned(), root.clone());
-        root
-    }
-    for call in calls {
-        for x in call {
-            parent.entry(x.clone()).or_insert_with(|| x.clone());
-        }
-        for pair in call.windows(2) {
-            let (a, b) = (find(&mut parent, &pair[0]), find(&mut parent, &pair[1]));
-            if a != b {
-                parent.insert(a, b);
-            }
-        }
-    }
-    let keys: Vec<String> = parent.keys().cloned().collect();
-    let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for k in keys {
-        let root = find(&mut parent, &k);
-        groups.entry(root).or_default().insert(k);
-    }
-    groups.into_values().collect()
-}
-
 fn actual_grouping(db: &std::path::Path) -> BTreeSet<BTreeSet<String>> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
@@ -136,7 +104,7 @@ async fn shop_traffic_is_stitched_as_the_truth_says_and_a_rebuild_equals_the_liv
     // Every person's identifiers that ever appeared together are on one profile, and no profile holds
     // identifiers that never met (no over-merging).
     let calls: Vec<Vec<String>> = events.iter().map(|e| identifiers(&e.json)).collect();
-    let expected = expected_grouping(&calls);
+    let expected = seam_identity::co_occurrence_groups(&calls);
     assert_eq!(actual_grouping(&data.join("projections.db")), expected);
     // And the truth agrees: no profile mixes two people.
     let owner: BTreeMap<String, usize> = events
