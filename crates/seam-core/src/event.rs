@@ -19,6 +19,10 @@ pub enum EventType {
     Merge,
     /// Two profiles shared an identifier but could not be merged (system event).
     IdentityConflict,
+    /// A segment was created or changed; its properties hold the definition (system event).
+    SegmentDefined,
+    /// A segment was deleted (system event).
+    SegmentDeleted,
 }
 
 impl EventType {
@@ -32,12 +36,16 @@ impl EventType {
             Self::Alias => "alias",
             Self::Merge => "merge",
             Self::IdentityConflict => "identity_conflict",
+            Self::SegmentDefined => "segment_defined",
+            Self::SegmentDeleted => "segment_deleted",
         }
     }
 
     pub fn kind(self) -> EventKind {
         match self {
-            Self::Merge | Self::IdentityConflict => EventKind::System,
+            Self::Merge | Self::IdentityConflict | Self::SegmentDefined | Self::SegmentDeleted => {
+                EventKind::System
+            }
             _ => EventKind::Received,
         }
     }
@@ -52,6 +60,8 @@ impl EventType {
             "alias" => Self::Alias,
             "merge" => Self::Merge,
             "identity_conflict" => Self::IdentityConflict,
+            "segment_defined" => Self::SegmentDefined,
+            "segment_deleted" => Self::SegmentDeleted,
             _ => return None,
         })
     }

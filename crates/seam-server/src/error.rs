@@ -2,11 +2,12 @@
 //!
 //! | code | status |
 //! |---|---|
-//! | `invalid_json`, `invalid_utf8`, `too_deep`, `invalid_body`, `invalid_form`, `invalid_gzip`, `invalid_events`, `invalid_reference`, `invalid_query` | 400 |
+//! | `invalid_json`, `invalid_utf8`, `too_deep`, `invalid_body`, `invalid_form`, `invalid_gzip`, `invalid_events`, `invalid_reference`, `invalid_query`, `invalid_segment` | 400 |
 //! | `missing_key`, `invalid_key` | 401 |
 //! | `forbidden` | 403 |
-//! | `not_found`, `profile_not_found` | 404 |
+//! | `not_found`, `profile_not_found`, `segment_not_found` | 404 |
 //! | `method_not_allowed` | 405 |
+//! | `segment_in_use` | 409 |
 //! | `payload_too_large` | 413 |
 //! | `unsupported_encoding` | 415 |
 //! | `internal` | 500 |

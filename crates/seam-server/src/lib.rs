@@ -3,6 +3,7 @@
 //! - [`router`] builds the axum router over an [`AppState`]; tests call it in-process or through [`serve`].
 //! - `collect`: the Segment-compatible collection endpoints (`/v1/identify` … `/v1/batch` and the short paths).
 //! - `profiles`: the profiles API (secret key).
+//! - `segments`: the segments API: definitions, preview, members, a profile's segments, explain.
 //! - [`error::ApiError`]: the one error shape, `{"code", "message", "errors"}`, with its status table.
 //! - [`metrics::Metrics`]: Prometheus counters and the acknowledgement latency histogram.
 
@@ -11,6 +12,7 @@ mod collect;
 pub mod error;
 pub mod metrics;
 mod profiles;
+mod segments;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -63,6 +65,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/{call}", post(collect::collect))
         .route("/v1/profiles/{reference}", get(profiles::get_profile))
         .route("/v1/profiles/{reference}/events", get(profiles::get_events))
+        .route(
+            "/v1/profiles/{reference}/segments",
+            get(segments::of_profile),
+        )
+        .route("/v1/segments", get(segments::list).post(segments::create))
+        .route("/v1/segments/preview", post(segments::preview))
+        .route(
+            "/v1/segments/{id}",
+            get(segments::get)
+                .put(segments::update)
+                .delete(segments::delete),
+        )
+        .route("/v1/segments/{id}/members", get(segments::members))
+        .route(
+            "/v1/segments/{id}/explain/{reference}",
+            get(segments::explain_for),
+        )
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))

@@ -16,6 +16,7 @@ mod process;
 mod projector;
 pub mod read;
 mod schema;
+pub mod segments;
 pub mod workspace;
 mod writer;
 
@@ -437,6 +438,9 @@ pub fn dump_projections(data_dir: &Path) -> Result<String, StoreError> {
         while let Some(row) = rows.next()? {
             let vals: Vec<String> = (0..cols)
                 .map(|i| match row.get_ref(i) {
+                    Ok(rusqlite::types::ValueRef::Text(t)) => {
+                        format!("{:?}", String::from_utf8_lossy(t))
+                    }
                     Ok(v) => format!("{v:?}"),
                     Err(e) => format!("<{e}>"),
                 })

@@ -81,6 +81,27 @@ impl IdentityView for SqlView<'_> {
     }
 }
 
+/// Creates or replaces a segment from its `segment_defined` event (`id`, `name`, `definition`).
+fn define_segment(conn: &Connection, ws: i64, event: &Event) -> Result<(), StoreError> {
+    let field = |k: &str| {
+        event
+            .properties
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (id, name, definition) = (field("id"), field("name"), field("definition"));
+    conn.prepare_cached(
+        "INSERT INTO segments (ws, id, name, definition, version, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)
+         ON CONFLICT (ws, id) DO UPDATE SET name = excluded.name, definition = excluded.definition,
+             version = version + 1, updated_at = excluded.updated_at",
+    )?
+    .execute(params![ws, id, name, definition, event.timestamp])?;
+    Ok(())
+}
+
 /// Puts the event at `seq` on a profile's timeline (a replay finds it there already).
 fn on_timeline(
     conn: &Connection,
@@ -172,6 +193,20 @@ impl Processor {
         ws: i64,
         event: &Event,
     ) -> Result<(), StoreError> {
+        match event.kind {
+            EventType::SegmentDefined => return define_segment(conn, ws, event),
+            EventType::SegmentDeleted => {
+                let id = event
+                    .properties
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                conn.prepare_cached("DELETE FROM segments WHERE ws = ?1 AND id = ?2")?
+                    .execute(params![ws, id])?;
+                return Ok(());
+            }
+            _ => {}
+        }
         self.returned += conn
             .prepare_cached("DELETE FROM outbox WHERE ws = ?1 AND message_id = ?2")?
             .execute(params![ws, event.message_id])?;

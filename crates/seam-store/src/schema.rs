@@ -47,9 +47,10 @@ pub const LOG_MIGRATIONS: &[(i64, &str)] = &[(
     "#,
 )];
 
-pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO meta (key, value) VALUES ('applied_seq', 0);
     CREATE TABLE profiles (
@@ -94,15 +95,34 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[(
         PRIMARY KEY (ws, message_id)
     ) WITHOUT ROWID;
     "#,
-)];
+    ),
+    (
+        2,
+        r#"
+    -- Segment definitions, from segment_defined / segment_deleted events in the log.
+    CREATE TABLE segments (
+        ws INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (ws, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX segments_by_name ON segments (ws, name);
+    "#,
+    ),
+];
 
-/// Tables of projections.db compared by `dump_projections`.
+/// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.
 pub const PROJECTION_TABLES: &[&str] = &[
     "profiles",
     "identities",
     "timeline",
     "identity_conflicts",
     "outbox",
+    "segments",
 ];
 
 pub fn migrate(conn: &mut Connection, migrations: &[(i64, &str)]) -> rusqlite::Result<()> {

@@ -47,7 +47,8 @@ pub(crate) fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-fn random_token(prefix: &str, len: usize) -> Result<String, StoreError> {
+/// A random id or key: `prefix` and `len` characters of `0-9A-Za-z`.
+pub fn random_token(prefix: &str, len: usize) -> Result<String, StoreError> {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut out = String::with_capacity(prefix.len() + len);
     out.push_str(prefix);

@@ -3,6 +3,7 @@
 mod collect;
 mod operations;
 mod profiles;
+mod segments;
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ pub struct TestApp {
     pub secret_key: String,
     pub store: Store,
     pub clock: ManualClock,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -55,12 +56,16 @@ pub async fn spawn_app_with(settings: ApiSettings) -> TestApp {
         secret_key: creds.secret_key,
         store,
         clock,
-        _dir: dir,
+        dir,
         _stop: stop,
     }
 }
 
 impl TestApp {
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// POSTs a JSON body to a collection endpoint with the write key as basic auth.
     pub async fn send(&self, path: &str, body: Value) -> (u16, Value) {
         let resp = self

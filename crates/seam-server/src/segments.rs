@@ -1,0 +1,479 @@
+//! The segments API: definitions (create, read, update, delete), preview, members, a profile's segments, and
+//! explain. Membership is evaluated on read, from scratch, with `seam_audiences::eval`.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use seam_audiences::{explain, parse, print, Explanation, Expr, Person};
+use seam_core::ProfileId;
+use seam_store::segments::{PersonData, SegmentRecord};
+use seam_store::{Store, WorkspaceKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ErrorItem;
+use crate::profiles::{blocking, parse_reference};
+use crate::{auth, ApiError, AppState};
+
+/// Profiles a preview or a members page evaluates at most in one request.
+const SCAN_LIMIT: usize = 100_000;
+/// How deep `in segment` may refer through other segments.
+const MAX_REFERENCE_DEPTH: usize = 8;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SegmentBody {
+    name: Option<String>,
+    /// The definition as text.
+    definition: Option<String>,
+    /// The definition as a tree (the JSON form).
+    tree: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct SegmentView {
+    #[serde(flatten)]
+    record: SegmentRecord,
+    tree: Expr,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
+    let reason = reason.into();
+    ApiError::new(400, "invalid_segment", format!("{field}: {reason}")).with_errors(vec![
+        ErrorItem {
+            index: None,
+            field: field.to_owned(),
+            reason,
+        },
+    ])
+}
+
+fn body_of(
+    raw: Result<Json<SegmentBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<SegmentBody, ApiError> {
+    raw.map(|Json(b)| b)
+        .map_err(|e| ApiError::new(400, "invalid_json", e.body_text()))
+}
+
+/// The definition of a request, checked: text or tree (exactly one), parsed, within limits.
+fn definition_of(body: &SegmentBody) -> Result<Expr, ApiError> {
+    match (&body.definition, &body.tree) {
+        (Some(text), None) => parse(text).map_err(|e| invalid("definition", e.to_string())),
+        (None, Some(tree)) => {
+            let expr: Expr =
+                serde_json::from_value(tree.clone()).map_err(|e| invalid("tree", e.to_string()))?;
+            // The tree goes through the same checks as text (types, `item` scope, limits).
+            parse(&print(&expr)).map_err(|e| invalid("tree", format!("as text, {e}")))
+        }
+        (Some(_), Some(_)) => Err(invalid(
+            "definition",
+            "give the definition as text or as a tree, not both",
+        )),
+        (None, None) => Err(invalid(
+            "definition",
+            "is required (or tree, its JSON form)",
+        )),
+    }
+}
+
+fn referenced(e: &Expr, out: &mut Vec<String>) {
+    match e {
+        Expr::And { args } | Expr::Or { args } => args.iter().for_each(|a| referenced(a, out)),
+        Expr::Not { arg } => referenced(arg, out),
+        Expr::ForSome { expr, .. } => referenced(expr, out),
+        Expr::InSegment { segment } => out.push(segment.clone()),
+        _ => {}
+    }
+}
+
+/// Every segment of the workspace, parsed, by name.
+fn parsed(all: &[SegmentRecord]) -> HashMap<String, Expr> {
+    all.iter()
+        .filter_map(|s| parse(&s.definition).ok().map(|e| (s.name.clone(), e)))
+        .collect()
+}
+
+/// Checks the name and the segments a definition refers to (they exist; no cycle back to this one).
+fn check_references(
+    name: &str,
+    expr: &Expr,
+    all: &[SegmentRecord],
+    own_id: Option<&str>,
+) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(invalid("name", "must be 1 to 200 characters"));
+    }
+    if all
+        .iter()
+        .any(|s| s.name == name && Some(s.id.as_str()) != own_id)
+    {
+        return Err(invalid(
+            "name",
+            format!("a segment named {name:?} exists already"),
+        ));
+    }
+    let defs = parsed(all);
+    let mut stack = vec![];
+    referenced(expr, &mut stack);
+    let mut seen = HashSet::new();
+    while let Some(r) = stack.pop() {
+        if r == name {
+            return Err(invalid(
+                "definition",
+                format!("refers back to {name:?} itself through `in segment`"),
+            ));
+        }
+        match defs.get(&r) {
+            None => {
+                return Err(invalid(
+                    "definition",
+                    format!("refers to an unknown segment {r:?}"),
+                ))
+            }
+            Some(e) if seen.insert(r.clone()) => referenced(e, &mut stack),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn view(record: SegmentRecord) -> Result<SegmentView, ApiError> {
+    let tree = parse(&record.definition).map_err(|e| {
+        tracing::error!(error = %e, "a stored segment definition does not parse");
+        ApiError::new(500, "internal", "internal error; it has been logged")
+    })?;
+    Ok(SegmentView { record, tree })
+}
+
+async fn all_segments(store: &Store, ws: WorkspaceKey) -> Result<Vec<SegmentRecord>, ApiError> {
+    let store = store.clone();
+    blocking(move || store.segments(ws)).await
+}
+
+async fn one_segment(store: &Store, ws: WorkspaceKey, id: &str) -> Result<SegmentRecord, ApiError> {
+    let (store, key) = (store.clone(), id.to_owned());
+    blocking(move || store.segment(ws, &key))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                404,
+                "segment_not_found",
+                format!("no segment has the id {id:?}"),
+            )
+        })
+}
+
+/// `POST /v1/segments`
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<SegmentBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<SegmentView>), ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let body = body_of(body)?;
+    let expr = definition_of(&body)?;
+    let name = body
+        .name
+        .clone()
+        .ok_or_else(|| invalid("name", "is required"))?;
+    let all = all_segments(&state.store, ws).await?;
+    check_references(&name, &expr, &all, None)?;
+    let id = seam_store::workspace::random_token("seg_", 16).map_err(ApiError::from_store)?;
+    state
+        .store
+        .define_segment(ws, &id, name.trim(), &print(&expr), state.clock.now_ms())
+        .await
+        .map_err(ApiError::from_store)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(view(one_segment(&state.store, ws, &id).await?)?),
+    ))
+}
+
+/// `GET /v1/segments`
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let views: Vec<SegmentView> = all_segments(&state.store, ws)
+        .await?
+        .into_iter()
+        .map(view)
+        .collect::<Result<_, _>>()?;
+    Ok(Json(serde_json::json!({ "segments": views })))
+}
+
+/// `GET /v1/segments/{id}`
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<SegmentView>, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    Ok(Json(view(one_segment(&state.store, ws, &id).await?)?))
+}
+
+/// `PUT /v1/segments/{id}`
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<SegmentBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<SegmentView>, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let current = one_segment(&state.store, ws, &id).await?;
+    let body = body_of(body)?;
+    let expr = definition_of(&body)?;
+    let name = body.name.clone().unwrap_or(current.name);
+    let all = all_segments(&state.store, ws).await?;
+    check_references(&name, &expr, &all, Some(&id))?;
+    state
+        .store
+        .define_segment(ws, &id, name.trim(), &print(&expr), state.clock.now_ms())
+        .await
+        .map_err(ApiError::from_store)?;
+    Ok(Json(view(one_segment(&state.store, ws, &id).await?)?))
+}
+
+/// `DELETE /v1/segments/{id}`: refused while another segment refers to it.
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let current = one_segment(&state.store, ws, &id).await?;
+    let all = all_segments(&state.store, ws).await?;
+    let users: Vec<String> = all
+        .iter()
+        .filter(|s| {
+            let mut refs = Vec::new();
+            parse(&s.definition)
+                .map(|e| referenced(&e, &mut refs))
+                .is_ok()
+                && refs.contains(&current.name)
+        })
+        .map(|s| s.name.clone())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            409,
+            "segment_in_use",
+            format!("segments {users:?} refer to this one; change them first"),
+        ));
+    }
+    state
+        .store
+        .delete_segment(ws, &id, state.clock.now_ms())
+        .await
+        .map_err(ApiError::from_store)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Evaluates segments for people, resolving `in segment` through the workspace's definitions.
+struct Membership {
+    defs: HashMap<String, Expr>,
+    now: i64,
+}
+
+impl Membership {
+    fn explain(&self, e: &Expr, data: &PersonData, depth: usize) -> Explanation {
+        let in_segment = |name: &str| {
+            depth < MAX_REFERENCE_DEPTH
+                && self
+                    .defs
+                    .get(name)
+                    .is_some_and(|d| self.explain(d, data, depth + 1).result)
+        };
+        let person = Person {
+            traits: &data.traits,
+            identities: &data.identities,
+            events: &data.events,
+            in_segment: &in_segment,
+        };
+        explain(e, &person, self.now)
+    }
+
+    fn holds(&self, e: &Expr, data: &PersonData) -> bool {
+        self.explain(e, data, 0).result
+    }
+}
+
+async fn membership(state: &AppState, ws: WorkspaceKey) -> Result<Membership, ApiError> {
+    Ok(Membership {
+        defs: parsed(&all_segments(&state.store, ws).await?),
+        now: state.clock.now_ms(),
+    })
+}
+
+/// Evaluates `expr` over live profiles after `after`, until `want` members are found or the scan limit is hit.
+/// Returns the members, the profiles evaluated and the last profile key scanned.
+async fn scan(
+    state: &AppState,
+    ws: WorkspaceKey,
+    expr: Expr,
+    after: i64,
+    want: usize,
+) -> Result<(Vec<ProfileId>, usize, Option<i64>), ApiError> {
+    let m = membership(state, ws).await?;
+    let store = state.store.clone();
+    blocking(move || {
+        let (mut members, mut evaluated, mut cursor) = (Vec::new(), 0usize, after);
+        let mut last = None;
+        'pages: while evaluated < SCAN_LIMIT {
+            let page = store.profile_page(ws, cursor, 1_000)?;
+            if page.is_empty() {
+                last = None;
+                break;
+            }
+            for p in page {
+                cursor = p.created_seq();
+                last = Some(cursor);
+                evaluated += 1;
+                if m.holds(&expr, &store.person(ws, &p)?) {
+                    members.push(p);
+                    if members.len() >= want {
+                        break 'pages;
+                    }
+                }
+            }
+        }
+        Ok((members, evaluated, last))
+    })
+    .await
+}
+
+/// `POST /v1/segments/preview`: the count and a sample for a definition not saved yet.
+pub(crate) async fn preview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<SegmentBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let body = body_of(body)?;
+    let expr = definition_of(&body)?;
+    let all = all_segments(&state.store, ws).await?;
+    check_references(
+        body.name.as_deref().unwrap_or("\u{0}preview"),
+        &expr,
+        &all,
+        None,
+    )?;
+    let (members, evaluated, last) = scan(&state, ws, expr.clone(), 0, usize::MAX).await?;
+    Ok(Json(serde_json::json!({
+        "definition": print(&expr),
+        "count": members.len(),
+        "sample": members.iter().take(10).collect::<Vec<_>>(),
+        "profiles_evaluated": evaluated,
+        "complete": last.is_none(),
+    })))
+}
+
+/// `GET /v1/segments/{id}/members?limit=&after=`
+pub(crate) async fn members(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let segment = one_segment(&state.store, ws, &id).await?;
+    let limit = match q.get("limit").map(|s| s.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=1_000).contains(&n) => n,
+        Some(_) => {
+            return Err(query_error(
+                "limit",
+                "must be a whole number from 1 to 1000",
+            ))
+        }
+    };
+    let after = match q.get("after").filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(s) => ProfileId::parse(s)
+            .map_err(|_| query_error("after", "must be the `next` of a previous page"))?
+            .created_seq(),
+    };
+    let expr = parse(&segment.definition).map_err(|e| invalid("definition", e.to_string()))?;
+    let (members, _, last) = scan(&state, ws, expr, after, limit).await?;
+    let next = if members.len() >= limit {
+        last.map(ProfileId::from_seq)
+    } else {
+        None
+    };
+    Ok(Json(
+        serde_json::json!({ "members": members, "next": next }),
+    ))
+}
+
+fn query_error(field: &str, reason: &str) -> ApiError {
+    ApiError::new(400, "invalid_query", format!("{field} {reason}")).with_errors(vec![ErrorItem {
+        index: None,
+        field: field.into(),
+        reason: reason.into(),
+    }])
+}
+
+async fn person_of(
+    state: &AppState,
+    ws: WorkspaceKey,
+    reference: &str,
+) -> Result<(ProfileId, PersonData), ApiError> {
+    let r = parse_reference(reference, state)?;
+    let store = state.store.clone();
+    blocking(move || match store.resolve(ws, &r)? {
+        Some(id) => Ok(Some((id.clone(), store.person(ws, &id)?))),
+        None => Ok(None),
+    })
+    .await?
+    .ok_or_else(|| {
+        ApiError::new(
+            404,
+            "profile_not_found",
+            format!("no profile is known as {reference:?}"),
+        )
+    })
+}
+
+/// `GET /v1/profiles/{reference}/segments`
+pub(crate) async fn of_profile(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let (id, data) = person_of(&state, ws, &reference).await?;
+    let all = all_segments(&state.store, ws).await?;
+    let m = membership(&state, ws).await?;
+    let member_of: Vec<Value> = all
+        .iter()
+        .filter(|s| m.defs.get(&s.name).is_some_and(|e| m.holds(e, &data)))
+        .map(|s| serde_json::json!({"id": s.id, "name": s.name}))
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "profile": id, "segments": member_of }),
+    ))
+}
+
+/// `GET /v1/segments/{id}/explain/{reference}`: why a profile is or is not a member, condition by condition.
+pub(crate) async fn explain_for(
+    State(state): State<AppState>,
+    Path((id, reference)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let segment = one_segment(&state.store, ws, &id).await?;
+    let (profile, data) = person_of(&state, ws, &reference).await?;
+    let m = membership(&state, ws).await?;
+    let expr = parse(&segment.definition).map_err(|e| invalid("definition", e.to_string()))?;
+    let why = m.explain(&expr, &data, 0);
+    Ok(Json(serde_json::json!({
+        "segment": segment.id,
+        "profile": profile,
+        "member": why.result,
+        "explanation": why,
+    })))
+}

@@ -1,0 +1,182 @@
+//! Segment definitions and the data a segment is evaluated on.
+//!
+//! A definition is an event in the log (`segment_defined`, `segment_deleted`), so the segments table is a
+//! projection like any other and a rebuild restores it. Evaluation reads a person's traits, identifiers and
+//! track events from the projections and the log.
+
+use rusqlite::{params, OptionalExtension};
+use seam_audiences::PersonEvent;
+use seam_core::clock::format_rfc3339;
+use seam_core::{Event, EventType, Millis, ProfileId};
+use seam_profiles::ProfileState;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::process::key;
+use crate::{LogRow, Store, StoreError, WorkspaceKey};
+
+/// A stored segment definition (the definition in canonical text).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentRecord {
+    pub id: String,
+    pub name: String,
+    pub definition: String,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What a segment is evaluated on for one person.
+#[derive(Debug, Clone, Default)]
+pub struct PersonData {
+    pub traits: Map<String, Value>,
+    pub identities: Vec<(String, String)>,
+    pub events: Vec<PersonEvent>,
+}
+
+impl Store {
+    /// Every segment of the workspace, by name.
+    pub fn segments(&self, ws: WorkspaceKey) -> Result<Vec<SegmentRecord>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, name, definition, version, created_at, updated_at FROM p.segments WHERE ws = ?1 ORDER BY name, id",
+            )?;
+            let rows = stmt.query_map([ws.0], record)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    pub fn segment(&self, ws: WorkspaceKey, id: &str) -> Result<Option<SegmentRecord>, StoreError> {
+        self.with_reader(|c| {
+            Ok(c.query_row(
+                "SELECT id, name, definition, version, created_at, updated_at FROM p.segments WHERE ws = ?1 AND id = ?2",
+                params![ws.0, id],
+                record,
+            )
+            .optional()?)
+        })
+    }
+
+    /// Creates or replaces a segment: a `segment_defined` event in the log. Resolves once it is applied.
+    pub async fn define_segment(
+        &self,
+        ws: WorkspaceKey,
+        id: &str,
+        name: &str,
+        definition: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let props = json!({"id": id, "name": name, "definition": definition});
+        self.append_definition(ws, EventType::SegmentDefined, id, props, now)
+            .await
+    }
+
+    /// Deletes a segment: a `segment_deleted` event in the log. Resolves once it is applied.
+    pub async fn delete_segment(
+        &self,
+        ws: WorkspaceKey,
+        id: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.append_definition(ws, EventType::SegmentDeleted, id, json!({ "id": id }), now)
+            .await
+    }
+
+    async fn append_definition(
+        &self,
+        ws: WorkspaceKey,
+        kind: EventType,
+        id: &str,
+        props: Value,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let message_id = format!(
+            "$seam:{}:{id}:{}",
+            kind.as_str(),
+            crate::workspace::random_token("", 12)?
+        );
+        let event = Event::system(
+            message_id,
+            kind,
+            now,
+            props.as_object().cloned().unwrap_or_default(),
+        );
+        let json = serde_json::to_string(&event)?;
+        self.append(ws, vec![LogRow::new(event, json)]).await?;
+        self.caught_up().await;
+        Ok(())
+    }
+
+    /// Live profiles after `after` (a profile key) in key order, at most `limit`.
+    pub fn profile_page(
+        &self,
+        ws: WorkspaceKey,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ProfileId>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT profile FROM p.profiles WHERE ws = ?1 AND profile > ?2 AND merged_into IS NULL
+                 ORDER BY profile LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![ws.0, after, limit as i64], |r| r.get::<_, i64>(0))?;
+            Ok(rows.map(|r| r.map(ProfileId::from_seq)).collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// A live profile's traits, identifiers and track events.
+    pub fn person(&self, ws: WorkspaceKey, profile: &ProfileId) -> Result<PersonData, StoreError> {
+        self.with_reader(|c| {
+            let k = key(profile);
+            let state: Option<String> = c
+                .query_row(
+                    "SELECT state FROM p.profiles WHERE ws = ?1 AND profile = ?2",
+                    params![ws.0, k],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            let state: ProfileState = match state {
+                Some(s) => serde_json::from_str(&s)?,
+                None => ProfileState::default(),
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT type, value FROM p.identities WHERE ws = ?1 AND profile = ?2",
+            )?;
+            let identities = stmt
+                .query_map(params![ws.0, k], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = c.prepare_cached(
+                "SELECT e.body FROM p.timeline t JOIN events e ON e.seq = t.seq
+                 WHERE t.ws = ?1 AND t.profile = ?2 AND e.type = 'track' ORDER BY t.ts, t.seq",
+            )?;
+            let mut events = Vec::new();
+            for body in stmt.query_map(params![ws.0, k], |r| r.get::<_, String>(0))? {
+                let e: Event = serde_json::from_str(&body?)?;
+                events.push(PersonEvent {
+                    name: e.event.unwrap_or_default(),
+                    at: e.timestamp,
+                    properties: e.properties,
+                });
+            }
+            Ok(PersonData {
+                traits: state.trait_values(),
+                identities,
+                events,
+            })
+        })
+    }
+}
+
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRecord> {
+    Ok(SegmentRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        definition: r.get(2)?,
+        version: r.get(3)?,
+        created_at: format_rfc3339(r.get(4)?),
+        updated_at: format_rfc3339(r.get(5)?),
+    })
+}
