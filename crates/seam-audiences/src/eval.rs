@@ -402,3 +402,77 @@ fn shown(v: Option<&Value>) -> String {
 fn print_duration(d: &crate::ast::Duration) -> String {
     format!("{} {}", d.amount, d.unit.as_str())
 }
+
+/// The earliest instant after `now` at which the definition's result for this person may change with no new
+/// event: an event entering or leaving a window, a `N days ago` threshold passing an event's time, a sequence's
+/// time running out. `None` when only new events can change it. It may be earlier than the actual change (the
+/// caller re-evaluates then and asks again), never later: the scheduler of time-driven membership relies on it.
+pub fn next_change(e: &Expr, person: &Person<'_>, now: Millis) -> Option<Millis> {
+    let mut names = BTreeSet::new();
+    let mut durations = BTreeSet::new();
+    collect(e, &mut names, &mut durations);
+    let mut next: Option<Millis> = None;
+    let mut consider = |t: Millis| {
+        if t > now {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+    };
+    for ev in person
+        .events
+        .iter()
+        .filter(|ev| names.contains(ev.name.as_str()))
+    {
+        consider(ev.at);
+        for d in &durations {
+            // Windows are half-open, comparisons strict or not: the flip is at the instant or the one after.
+            consider(ev.at + d);
+            consider(ev.at + d + 1);
+        }
+    }
+    next
+}
+
+fn collect<'e>(e: &'e Expr, names: &mut BTreeSet<&'e str>, durations: &mut BTreeSet<Millis>) {
+    let metric =
+        |m: &'e Metric, names: &mut BTreeSet<&'e str>, durations: &mut BTreeSet<Millis>| {
+            names.insert(m.of.event.as_str());
+            match &m.window {
+                Window::Ever => {}
+                Window::Last { duration } => {
+                    durations.insert(duration.millis());
+                }
+                Window::Between { from, to } => {
+                    durations.insert(from.millis());
+                    durations.insert(to.millis());
+                }
+            }
+        };
+    match e {
+        Expr::And { args } | Expr::Or { args } => {
+            args.iter().for_each(|a| collect(a, names, durations))
+        }
+        Expr::Not { arg } => collect(arg, names, durations),
+        Expr::ForSome { expr, .. } => collect(expr, names, durations),
+        Expr::Compare { left, right, .. } => {
+            metric(left, names, durations);
+            match right {
+                Operand::Metric { metric: m } => metric(m, names, durations),
+                Operand::Ago { duration } => {
+                    durations.insert(duration.millis());
+                }
+                Operand::Value { .. } => {}
+            }
+        }
+        Expr::Sequence {
+            first,
+            then,
+            within,
+            ..
+        } => {
+            names.insert(first.event.as_str());
+            names.insert(then.event.as_str());
+            durations.insert(within.millis());
+        }
+        Expr::Trait { .. } | Expr::Has { .. } | Expr::Consent { .. } | Expr::InSegment { .. } => {}
+    }
+}

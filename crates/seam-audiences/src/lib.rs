@@ -5,7 +5,8 @@
 //!   size and depth.
 //! - [`print`]: tree → canonical text; `parse(print(t)) == t` for every tree (tested by property).
 //! - [`eval`]: evaluation from scratch against one person's data, and `explain`: why a person is or is not
-//!   in a segment, condition by condition, with the values that decided it.
+//!   in a segment, condition by condition, with the values that decided it; `next_change`: when time alone
+//!   may change the result.
 //!
 //! The grammar and examples are in `docs/segments.md`. Nothing here does IO.
 
@@ -15,7 +16,7 @@ pub mod parse;
 pub mod print;
 
 pub use ast::Expr;
-pub use eval::{evaluate, explain, Explanation, Person, PersonEvent};
+pub use eval::{evaluate, explain, next_change, Explanation, Person, PersonEvent};
 pub use parse::{parse, ParseError};
 pub use print::print;
 

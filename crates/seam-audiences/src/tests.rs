@@ -566,3 +566,84 @@ mod evaluation {
         assert!(x.parts[1].result);
     }
 }
+
+mod time {
+    use proptest::prelude::*;
+    use serde_json::{json, Map};
+
+    use crate::eval::{evaluate, next_change, Person, PersonEvent};
+    use crate::parse;
+
+    const MIN: i64 = 60_000;
+    const DAY: i64 = 86_400_000;
+    const START: i64 = 1_795_392_000_000;
+
+    /// Definitions whose result depends on time passing.
+    const DEFINITIONS: &[&str] = &[
+        r#"count of "A" in last 2 days >= 2"#,
+        r#"count of "A" between 3 days ago and 1 days ago = 1"#,
+        r#"last time of "A" < 1 days ago and count of "B" in last 1 days = 0"#,
+        r#"first time of "B" > 2 days ago"#,
+        r#""A" not followed by "B" within 20 minutes"#,
+        r#""A" then "B" within 1 hours"#,
+        r#"for some sku: (count of "A" where sku = item in last 1 days >= 2 and count of "B" where sku = item = 0)"#,
+        r#"not (sum v of "A" in last 3 days > 5) or count of "B" in last 12 hours >= 1"#,
+    ];
+
+    fn history() -> impl Strategy<Value = Vec<PersonEvent>> {
+        prop::collection::vec(
+            (
+                prop_oneof![Just("A"), Just("B")],
+                0i64..(4 * DAY / MIN),
+                0u8..3,
+                0u8..4,
+            ),
+            0..12,
+        )
+        .prop_map(|v| {
+            v.into_iter()
+                .map(|(name, minutes, sku, val)| PersonEvent {
+                    name: name.into(),
+                    at: START + minutes * MIN,
+                    properties: json!({"sku": format!("s{sku}"), "v": val})
+                        .as_object()
+                        .cloned()
+                        .unwrap(),
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Between now and `next_change` the result cannot change: time-driven membership changes are never
+        /// missed by a scheduler that wakes at `next_change`.
+        #[test]
+        fn nothing_changes_before_next_change(events in history(), def in 0..DEFINITIONS.len(), probes in prop::collection::vec(0u32..1000, 8)) {
+            let expr = parse(DEFINITIONS[def]).unwrap();
+            let traits = Map::new();
+            let person = Person { traits: &traits, identities: &[], events: &events, in_segment: &|_| false };
+            let mut now = START;
+            // Walk forward through time from change point to change point, probing in between.
+            for _ in 0..30 {
+                let at_now = evaluate(&expr, &person, now);
+                let next = next_change(&expr, &person, now);
+                let horizon = next.unwrap_or(now + 10 * DAY);
+                for p in &probes {
+                    let t = now + 1 + (horizon - now - 1) * i64::from(*p) / 1000;
+                    if t < horizon {
+                        prop_assert_eq!(evaluate(&expr, &person, t), at_now, "{} changed at {} before {:?}", DEFINITIONS[def], t, next);
+                    }
+                }
+                if horizon - 1 > now {
+                    prop_assert_eq!(evaluate(&expr, &person, horizon - 1), at_now);
+                }
+                match next {
+                    Some(n) => now = n,
+                    None => break,
+                }
+            }
+        }
+    }
+}
