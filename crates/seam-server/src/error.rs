@@ -70,6 +70,15 @@ impl ApiError {
             seam_store::StoreError::Closed => {
                 Self::new(503, "unavailable", "the server is shutting down; retry").retry_after(5)
             }
+            seam_store::StoreError::Unavailable => {
+                // The log writer logged the cause; nothing of the request was stored.
+                Self::new(
+                    503,
+                    "unavailable",
+                    "the event log could not be written; retry",
+                )
+                .retry_after(5)
+            }
             other => {
                 tracing::error!(error = %other, "storage failure");
                 Self::new(500, "internal", "internal error; it has been logged").retry_after(5)

@@ -185,6 +185,11 @@ fn overload_and_shutdown_answer_503_with_retry_after() {
         (e.status, e.code, e.retry_after),
         (503, "overloaded", Some(1))
     );
-    let e = seam_server::ApiError::from_store(seam_store::StoreError::Closed);
-    assert_eq!((e.status, e.retry_after.is_some()), (503, true));
+    for temporary in [
+        seam_store::StoreError::Closed,
+        seam_store::StoreError::Unavailable,
+    ] {
+        let e = seam_server::ApiError::from_store(temporary);
+        assert_eq!((e.status, e.retry_after.is_some()), (503, true));
+    }
 }
