@@ -90,23 +90,10 @@ impl Store {
         self.with_reader(|c| {
             let Some(id) = resolve(c, ws, r)? else { return Ok(None) };
             let k = key(&id);
-            let state: Option<String> = c
-                .query_row("SELECT state FROM p.profiles WHERE ws = ?1 AND profile = ?2", params![ws.0, k], |r| {
-                    r.get(0)
-                })
-                .optional()?
-                .flatten();
-            let state: ProfileState = match state {
-                Some(s) => serde_json::from_str(&s)?,
-                None => ProfileState::default(),
-            };
-            let mut stmt = c.prepare_cached(
-                "SELECT type, value FROM p.identities WHERE ws = ?1 AND profile = ?2 ORDER BY type, value",
-            )?;
-            let identities = stmt
-                .query_map(params![ws.0, k], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-                .map(|row| {
-                    let (t, v) = row?;
+            let state = state_of(c, ws, k)?;
+            let identities = identities_of(c, ws, k)?
+                .into_iter()
+                .map(|(t, v)| {
                     let kind = seam_core::IdentifierType::parse(&t).map_err(StoreError::Corrupt)?;
                     Ok(Identifier::new(kind, v))
                 })
@@ -178,6 +165,41 @@ impl Store {
             })
         })
     }
+}
+
+/// A live profile's state (empty for a profile that has none yet).
+pub(crate) fn state_of(
+    c: &Connection,
+    ws: WorkspaceKey,
+    k: i64,
+) -> Result<ProfileState, StoreError> {
+    let state: Option<String> = c
+        .query_row(
+            "SELECT state FROM p.profiles WHERE ws = ?1 AND profile = ?2",
+            params![ws.0, k],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    Ok(match state {
+        Some(s) => serde_json::from_str(&s)?,
+        None => ProfileState::default(),
+    })
+}
+
+/// A profile's identifiers as `(type, value)`, ordered.
+pub(crate) fn identities_of(
+    c: &Connection,
+    ws: WorkspaceKey,
+    k: i64,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT type, value FROM p.identities WHERE ws = ?1 AND profile = ?2 ORDER BY type, value",
+    )?;
+    let rows = stmt.query_map(params![ws.0, k], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn resolve(

@@ -8,11 +8,11 @@ use rusqlite::{params, OptionalExtension};
 use seam_audiences::PersonEvent;
 use seam_core::clock::format_rfc3339;
 use seam_core::{Event, EventType, Millis, ProfileId};
-use seam_profiles::ProfileState;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::process::key;
+use crate::read::{identities_of, state_of};
 use crate::{LogRow, Store, StoreError, WorkspaceKey};
 
 /// A stored segment definition (the definition in canonical text).
@@ -128,26 +128,8 @@ impl Store {
     pub fn person(&self, ws: WorkspaceKey, profile: &ProfileId) -> Result<PersonData, StoreError> {
         self.with_reader(|c| {
             let k = key(profile);
-            let state: Option<String> = c
-                .query_row(
-                    "SELECT state FROM p.profiles WHERE ws = ?1 AND profile = ?2",
-                    params![ws.0, k],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .flatten();
-            let state: ProfileState = match state {
-                Some(s) => serde_json::from_str(&s)?,
-                None => ProfileState::default(),
-            };
-            let mut stmt = c.prepare_cached(
-                "SELECT type, value FROM p.identities WHERE ws = ?1 AND profile = ?2",
-            )?;
-            let identities = stmt
-                .query_map(params![ws.0, k], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })?
-                .collect::<Result<_, _>>()?;
+            let state = state_of(c, ws, k)?;
+            let identities = identities_of(c, ws, k)?;
             let mut stmt = c.prepare_cached(
                 "SELECT e.body FROM p.timeline t JOIN events e ON e.seq = t.seq
                  WHERE t.ws = ?1 AND t.profile = ?2 AND e.type = 'track' ORDER BY t.ts, t.seq",
