@@ -476,3 +476,83 @@ fn collect<'e>(e: &'e Expr, names: &mut BTreeSet<&'e str>, durations: &mut BTree
         Expr::Trait { .. } | Expr::Has { .. } | Expr::Consent { .. } | Expr::InSegment { .. } => {}
     }
 }
+
+/// Definitions that may refer to each other by name (`in segment "…"`), evaluated together.
+#[derive(Debug, Clone, Default)]
+pub struct Library {
+    defs: std::collections::HashMap<String, Expr>,
+}
+
+/// How deep `in segment` may refer through other segments.
+const MAX_REFERENCE_DEPTH: usize = 8;
+
+impl Library {
+    pub fn new(defs: impl IntoIterator<Item = (String, Expr)>) -> Self {
+        Self {
+            defs: defs.into_iter().collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Expr> {
+        self.defs.get(name)
+    }
+
+    /// Explains `e` for a person, resolving `in segment` through this library.
+    pub fn explain(
+        &self,
+        e: &Expr,
+        traits: &Map<String, Value>,
+        identities: &[(String, String)],
+        events: &[PersonEvent],
+        now: Millis,
+    ) -> Explanation {
+        self.explain_at(e, traits, identities, events, now, 0)
+    }
+
+    fn explain_at(
+        &self,
+        e: &Expr,
+        traits: &Map<String, Value>,
+        identities: &[(String, String)],
+        events: &[PersonEvent],
+        now: Millis,
+        depth: usize,
+    ) -> Explanation {
+        let in_segment = |name: &str| {
+            depth < MAX_REFERENCE_DEPTH
+                && self.defs.get(name).is_some_and(|d| {
+                    self.explain_at(d, traits, identities, events, now, depth + 1)
+                        .result
+                })
+        };
+        explain(
+            e,
+            &Person {
+                traits,
+                identities,
+                events,
+                in_segment: &in_segment,
+            },
+            now,
+        )
+    }
+
+    /// Whether the person is in `e`, and when time alone may change that.
+    pub fn evaluate(
+        &self,
+        e: &Expr,
+        traits: &Map<String, Value>,
+        identities: &[(String, String)],
+        events: &[PersonEvent],
+        now: Millis,
+    ) -> (bool, Option<Millis>) {
+        let member = self.explain(e, traits, identities, events, now).result;
+        let person = Person {
+            traits,
+            identities,
+            events,
+            in_segment: &|_| false,
+        };
+        (member, next_change(e, &person, now))
+    }
+}

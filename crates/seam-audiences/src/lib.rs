@@ -16,7 +16,7 @@ pub mod parse;
 pub mod print;
 
 pub use ast::Expr;
-pub use eval::{evaluate, explain, next_change, Explanation, Person, PersonEvent};
+pub use eval::{evaluate, explain, next_change, Explanation, Library, Person, PersonEvent};
 pub use parse::{parse, ParseError};
 pub use print::print;
 

@@ -23,6 +23,10 @@ pub enum EventType {
     SegmentDefined,
     /// A segment was deleted (system event).
     SegmentDeleted,
+    /// A person entered a segment (system event).
+    SegmentEntered,
+    /// A person left a segment (system event).
+    SegmentExited,
 }
 
 impl EventType {
@@ -38,14 +42,19 @@ impl EventType {
             Self::IdentityConflict => "identity_conflict",
             Self::SegmentDefined => "segment_defined",
             Self::SegmentDeleted => "segment_deleted",
+            Self::SegmentEntered => "segment_entered",
+            Self::SegmentExited => "segment_exited",
         }
     }
 
     pub fn kind(self) -> EventKind {
         match self {
-            Self::Merge | Self::IdentityConflict | Self::SegmentDefined | Self::SegmentDeleted => {
-                EventKind::System
-            }
+            Self::Merge
+            | Self::IdentityConflict
+            | Self::SegmentDefined
+            | Self::SegmentDeleted
+            | Self::SegmentEntered
+            | Self::SegmentExited => EventKind::System,
             _ => EventKind::Received,
         }
     }
@@ -62,6 +71,8 @@ impl EventType {
             "identity_conflict" => Self::IdentityConflict,
             "segment_defined" => Self::SegmentDefined,
             "segment_deleted" => Self::SegmentDeleted,
+            "segment_entered" => Self::SegmentEntered,
+            "segment_exited" => Self::SegmentExited,
             _ => return None,
         })
     }

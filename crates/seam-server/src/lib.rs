@@ -117,6 +117,7 @@ async fn healthz(
         "status": "ok",
         "log_seq": st.log_seq.load(Ordering::Relaxed),
         "applied_seq": st.applied_seq.load(Ordering::Relaxed),
+        "pending_evaluations": st.pending_evaluations.load(Ordering::Relaxed).max(0),
     }))
 }
 

@@ -1,12 +1,13 @@
 //! The segments API: definitions (create, read, update, delete), preview, members, a profile's segments, and
-//! explain. Membership is evaluated on read, from scratch, with `seam_audiences::eval`.
+//! explain. Members and a profile's segments come from the memberships the projector keeps current; preview
+//! and explain evaluate from scratch with `seam_audiences::eval`.
 
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use seam_audiences::{explain, parse, print, Explanation, Expr, Person};
+use seam_audiences::{parse, print, Explanation, Expr, Library};
 use seam_core::ProfileId;
 use seam_store::segments::{PersonData, SegmentRecord};
 use seam_store::{Store, WorkspaceKey};
@@ -19,8 +20,6 @@ use crate::{auth, ApiError, AppState};
 
 /// Profiles a preview or a members page evaluates at most in one request.
 const SCAN_LIMIT: usize = 100_000;
-/// How deep `in segment` may refer through other segments.
-const MAX_REFERENCE_DEPTH: usize = 8;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,38 +272,26 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Evaluates segments for people, resolving `in segment` through the workspace's definitions.
+/// The workspace's definitions, evaluated at one instant.
 struct Membership {
-    defs: HashMap<String, Expr>,
+    defs: Library,
     now: i64,
 }
 
 impl Membership {
-    fn explain(&self, e: &Expr, data: &PersonData, depth: usize) -> Explanation {
-        let in_segment = |name: &str| {
-            depth < MAX_REFERENCE_DEPTH
-                && self
-                    .defs
-                    .get(name)
-                    .is_some_and(|d| self.explain(d, data, depth + 1).result)
-        };
-        let person = Person {
-            traits: &data.traits,
-            identities: &data.identities,
-            events: &data.events,
-            in_segment: &in_segment,
-        };
-        explain(e, &person, self.now)
+    fn explain(&self, e: &Expr, data: &PersonData) -> Explanation {
+        self.defs
+            .explain(e, &data.traits, &data.identities, &data.events, self.now)
     }
 
     fn holds(&self, e: &Expr, data: &PersonData) -> bool {
-        self.explain(e, data, 0).result
+        self.explain(e, data).result
     }
 }
 
 async fn membership(state: &AppState, ws: WorkspaceKey) -> Result<Membership, ApiError> {
     Ok(Membership {
-        defs: parsed(&all_segments(&state.store, ws).await?),
+        defs: Library::new(parsed(&all_segments(&state.store, ws).await?)),
         now: state.clock.now_ms(),
     })
 }
@@ -372,7 +359,7 @@ pub(crate) async fn preview(
     })))
 }
 
-/// `GET /v1/segments/{id}/members?limit=&after=`
+/// `GET /v1/segments/{id}/members?limit=&after=`: as kept current by the projector.
 pub(crate) async fn members(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -397,10 +384,10 @@ pub(crate) async fn members(
             .map_err(|_| query_error("after", "must be the `next` of a previous page"))?
             .created_seq(),
     };
-    let expr = parse(&segment.definition).map_err(|e| invalid("definition", e.to_string()))?;
-    let (members, _, last) = scan(&state, ws, expr, after, limit).await?;
+    let store = state.store.clone();
+    let members = blocking(move || store.members(ws, &segment.id, after, limit)).await?;
     let next = if members.len() >= limit {
-        last.map(ProfileId::from_seq)
+        members.last().cloned()
     } else {
         None
     };
@@ -438,20 +425,35 @@ async fn person_of(
     })
 }
 
-/// `GET /v1/profiles/{reference}/segments`
+/// `GET /v1/profiles/{reference}/segments`: the segments the profile is in, as kept current by the projector.
 pub(crate) async fn of_profile(
     State(state): State<AppState>,
     Path(reference): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let ws = auth::for_management(&state, &headers)?;
-    let (id, data) = person_of(&state, ws, &reference).await?;
-    let all = all_segments(&state.store, ws).await?;
-    let m = membership(&state, ws).await?;
-    let member_of: Vec<Value> = all
-        .iter()
-        .filter(|s| m.defs.get(&s.name).is_some_and(|e| m.holds(e, &data)))
-        .map(|s| serde_json::json!({"id": s.id, "name": s.name}))
+    let r = parse_reference(&reference, &state)?;
+    let store = state.store.clone();
+    let found = blocking(move || match store.resolve(ws, &r)? {
+        Some(id) => Ok(Some((id.clone(), store.memberships_of(ws, &id)?))),
+        None => Ok(None),
+    })
+    .await?;
+    let (id, memberships) = found.ok_or_else(|| {
+        ApiError::new(
+            404,
+            "profile_not_found",
+            format!("no profile is known as {reference:?}"),
+        )
+    })?;
+    let names: HashMap<String, String> = all_segments(&state.store, ws)
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s.name))
+        .collect();
+    let member_of: Vec<Value> = memberships
+        .into_iter()
+        .map(|(seg, since)| serde_json::json!({"id": seg, "name": names.get(&seg), "since": since}))
         .collect();
     Ok(Json(
         serde_json::json!({ "profile": id, "segments": member_of }),
@@ -469,7 +471,7 @@ pub(crate) async fn explain_for(
     let (profile, data) = person_of(&state, ws, &reference).await?;
     let m = membership(&state, ws).await?;
     let expr = parse(&segment.definition).map_err(|e| invalid("definition", e.to_string()))?;
-    let why = m.explain(&expr, &data, 0);
+    let why = m.explain(&expr, &data);
     Ok(Json(serde_json::json!({
         "segment": segment.id,
         "profile": profile,

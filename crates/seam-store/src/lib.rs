@@ -12,6 +12,7 @@
 //! [`read`] answers profile and timeline queries from pooled read-only connections that see both files.
 //! [`workspace`] creates workspaces and their keys (only hashes are stored) and authenticates keys.
 
+mod decide;
 mod process;
 mod projector;
 pub mod read;
@@ -86,6 +87,10 @@ pub struct Stats {
     pub applied_received_at: AtomicI64,
     /// Seam's own events decided by the projector and not yet seen back in the log.
     pub pending_system: AtomicI64,
+    /// Profiles waiting for their segments to be evaluated (a backfill shows here).
+    pub pending_evaluations: AtomicI64,
+    /// The last poke generation a projector pass answered.
+    pub passes: AtomicU64,
     /// Group commits done.
     pub commits: AtomicU64,
 }
@@ -221,7 +226,12 @@ pub fn prepare(data_dir: &Path) -> Result<(), StoreError> {
 
 impl Store {
     /// Opens the store in `data_dir` (migrating it) and starts the log writer and the projector.
-    pub fn open(data_dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
+    /// `clock` decides when time-driven segment changes are due.
+    pub fn open(
+        data_dir: &Path,
+        opts: StoreOptions,
+        clock: Arc<dyn seam_core::Clock>,
+    ) -> Result<Self, StoreError> {
         prepare(data_dir)?;
         let log = open_connection(&data_dir.join(DB_FILE), false)?;
         let keys = workspace::load_keys(&log)?;
@@ -237,7 +247,7 @@ impl Store {
             open_connection(&data_dir.join(DB_FILE), true)?,
             rules.clone(),
         )?
-        .start(tx.clone(), wakeup.clone(), stats.clone(), applied_tx)?;
+        .start(tx.clone(), wakeup.clone(), stats.clone(), applied_tx, clock)?;
         writer::start_checkpointer(
             vec![data_dir.join(DB_FILE), data_dir.join(PROJECTIONS_FILE)],
             Arc::downgrade(&stats),
@@ -343,19 +353,26 @@ impl Store {
         let stats = &self.shared.stats;
         let mut rx = self.shared.applied.clone();
         loop {
+            // A pass that starts after this point has seen everything written so far and the clock as it is now.
+            let pass = self.shared.wakeup.poke();
             let target = stats.log_seq.load(Ordering::SeqCst);
-            if rx.wait_for(|&applied| applied >= target).await.is_err() {
+            let done =
+                |applied: &Seq| *applied >= target && stats.passes.load(Ordering::SeqCst) >= pass;
+            if rx.wait_for(done).await.is_err() {
                 return;
             }
             if stats.pending_system.load(Ordering::SeqCst) <= 0
+                && stats.pending_evaluations.load(Ordering::SeqCst) <= 0
                 && stats.log_seq.load(Ordering::SeqCst) == target
             {
                 return;
             }
-            if rx.changed().await.is_err() {
-                return;
-            }
         }
+    }
+
+    /// Asks the projector for a pass now (after moving a virtual clock, for instance).
+    pub fn poke(&self) {
+        self.shared.wakeup.poke();
     }
 
     pub(crate) fn reader(&self) -> Result<Connection, StoreError> {
@@ -403,12 +420,21 @@ pub fn rebuild(data_dir: &Path) -> Result<u64, StoreError> {
     let rules = workspace::load_rules(&log)?;
     let proj = open_connection(&data_dir.join(PROJECTIONS_FILE), false)?;
     proj.execute_batch("BEGIN")?;
-    for table in schema::PROJECTION_TABLES {
+    for table in schema::PROJECTION_TABLES
+        .iter()
+        .chain(schema::SCHEDULE_TABLES)
+    {
         proj.execute(&format!("DELETE FROM {table}"), [])?;
     }
-    proj.execute_batch("UPDATE meta SET value = 0 WHERE key = 'applied_seq'; COMMIT")?;
     let max_seq: Seq =
         log.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    // Membership changes up to here are in the log already: they are replayed, not decided again.
+    proj.execute("UPDATE meta SET value = 0 WHERE key = 'applied_seq'", [])?;
+    proj.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'decide_after'",
+        [max_seq],
+    )?;
+    proj.execute_batch("COMMIT")?;
     let mut projector = projector::Projector::open(proj, log, rules)?;
     let mut total = 0u64;
     while projector.applied_seq < max_seq {
@@ -416,6 +442,7 @@ pub fn rebuild(data_dir: &Path) -> Result<u64, StoreError> {
         // not appended; any never appended stay in the outbox for the next `seam serve` to append.
         total += projector.step(max_seq)?.applied as u64;
     }
+    projector.queue_everyone()?;
     Ok(total)
 }
 

@@ -47,6 +47,10 @@ pub(crate) struct Processor {
     emitted: Vec<Emitted>,
     /// System events that came back through the log (and left the outbox) since the last `take_emitted`.
     returned: usize,
+    /// Membership decisions are made for events after this log position (older ones are replayed).
+    decide_after: Seq,
+    /// Whether each workspace has any segment (then touched profiles are queued for evaluation).
+    has_segments: HashMap<i64, bool>,
 }
 
 struct SqlView<'c> {
@@ -79,6 +83,30 @@ impl IdentityView for SqlView<'_> {
     fn identities(&mut self, profile: &ProfileId) -> rusqlite::Result<Vec<Identifier>> {
         identities_of(self.conn, self.ws, key(profile))
     }
+}
+
+/// A `segment_entered` / `segment_exited` event from the log applied to the memberships.
+fn apply_membership(conn: &Connection, ws: i64, event: &Event) -> Result<(), StoreError> {
+    let field = |k: &str| {
+        event
+            .properties
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let Ok(profile) = ProfileId::parse(field("profile_id")) else {
+        return Ok(());
+    };
+    if event.kind == EventType::SegmentEntered {
+        conn.prepare_cached("INSERT OR REPLACE INTO memberships (ws, segment, profile, since) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![ws, field("segment_id"), key(&profile), event.timestamp])?;
+    } else {
+        conn.prepare_cached(
+            "DELETE FROM memberships WHERE ws = ?1 AND segment = ?2 AND profile = ?3",
+        )?
+        .execute(params![ws, field("segment_id"), key(&profile)])?;
+    }
+    Ok(())
 }
 
 /// Creates or replaces a segment from its `segment_defined` event (`id`, `name`, `definition`).
@@ -141,7 +169,44 @@ impl Processor {
             owners: HashMap::new(),
             emitted: Vec::new(),
             returned: 0,
+            decide_after: Seq::MAX,
+            has_segments: HashMap::new(),
         }
+    }
+
+    /// From which log position on this processor queues profiles for live membership decisions.
+    pub(crate) fn decide_after(&mut self, seq: Seq) {
+        self.decide_after = seq;
+    }
+
+    /// Queues a live profile for segment evaluation, when the workspace has segments and the event is live.
+    fn queue_evaluation(
+        &mut self,
+        conn: &Connection,
+        seq: Seq,
+        ws: i64,
+        profile: i64,
+    ) -> Result<(), StoreError> {
+        if seq <= self.decide_after {
+            return Ok(());
+        }
+        let has = match self.has_segments.get(&ws) {
+            Some(&h) => h,
+            None => {
+                let h: bool = conn
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM segments WHERE ws = ?1)")?
+                    .query_row([ws], |r| r.get(0))?;
+                self.has_segments.insert(ws, h);
+                h
+            }
+        };
+        if has {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO pending_evaluations (ws, profile) VALUES (?1, ?2)",
+            )?
+            .execute(params![ws, profile])?;
+        }
+        Ok(())
     }
 
     pub(crate) fn set_rules(&mut self, ws: i64, rules: IdentifierRules) {
@@ -182,6 +247,7 @@ impl Processor {
         self.apply_resolution(conn, seq, ws, event, &r)?;
         let profile = key(&r.profile);
         self.state(conn, ws, profile)?.apply(event, seq);
+        self.queue_evaluation(conn, seq, ws, profile)?;
         on_timeline(conn, ws, profile, event.timestamp, seq)
     }
 
@@ -194,22 +260,45 @@ impl Processor {
         event: &Event,
     ) -> Result<(), StoreError> {
         match event.kind {
-            EventType::SegmentDefined => return define_segment(conn, ws, event),
-            EventType::SegmentDeleted => {
+            EventType::SegmentDefined | EventType::SegmentDeleted => {
                 let id = event
                     .properties
                     .get("id")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                conn.prepare_cached("DELETE FROM segments WHERE ws = ?1 AND id = ?2")?
-                    .execute(params![ws, id])?;
+                if event.kind == EventType::SegmentDefined {
+                    define_segment(conn, ws, event)?;
+                } else {
+                    conn.prepare_cached("DELETE FROM segments WHERE ws = ?1 AND id = ?2")?
+                        .execute(params![ws, id])?;
+                    conn.prepare_cached("DELETE FROM memberships WHERE ws = ?1 AND segment = ?2")?
+                        .execute(params![ws, id])?;
+                }
+                self.has_segments.remove(&ws);
+                if event.kind == EventType::SegmentDefined && seq > self.decide_after {
+                    // Backfill: every live profile is evaluated against the new definition.
+                    conn.prepare_cached(
+                        "INSERT OR IGNORE INTO pending_evaluations (ws, profile)
+                         SELECT ws, profile FROM profiles WHERE ws = ?1 AND merged_into IS NULL",
+                    )?
+                    .execute([ws])?;
+                }
                 return Ok(());
             }
             _ => {}
         }
-        self.returned += conn
+        let decided_here = conn
             .prepare_cached("DELETE FROM outbox WHERE ws = ?1 AND message_id = ?2")?
             .execute(params![ws, event.message_id])?;
+        self.returned += decided_here;
+        if matches!(
+            event.kind,
+            EventType::SegmentEntered | EventType::SegmentExited
+        ) && decided_here == 0
+        {
+            // Decided before this projection existed (a rebuild): take the decision from the log.
+            apply_membership(conn, ws, event)?;
+        }
         let Some(target) = event.properties.get("profile_id").and_then(Value::as_str) else {
             return Ok(());
         };
@@ -252,6 +341,9 @@ impl Processor {
                 owners.insert(id, Some(r.profile.clone()));
             }
             for sql in [
+                "DELETE FROM memberships WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
+                "DELETE FROM pending_evaluations WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
+                "DELETE FROM segment_timers WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
                 "UPDATE identities SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
                 "UPDATE timeline SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
                 "UPDATE profiles SET merged_into = ?3, state = NULL WHERE ws = ?1 AND profile = ?2",
@@ -396,5 +488,6 @@ impl Processor {
         self.owners.clear();
         self.emitted.clear();
         self.returned = 0;
+        self.has_segments.clear();
     }
 }

@@ -29,6 +29,8 @@ pub(crate) struct Wakeup {
 #[derive(Debug, Default)]
 struct WakeState {
     log_seq: Seq,
+    /// Raised by `poke`: run a pass even if the log did not move (the clock did, or someone waits for a pass).
+    poked: u64,
     stop: bool,
     rules: Vec<(i64, IdentifierRules)>,
 }
@@ -49,14 +51,25 @@ impl Wakeup {
         self.cv.notify_all();
     }
 
+    /// Asks for a pass (timers are checked against the clock); returns the pass generation that will answer.
+    pub(crate) fn poke(&self) -> u64 {
+        let mut s = self.state.lock().expect("wakeup lock");
+        s.poked += 1;
+        self.cv.notify_all();
+        s.poked
+    }
+
     pub(crate) fn stop(&self) {
         self.state.lock().expect("wakeup lock").stop = true;
         self.cv.notify_all();
     }
 
-    /// Waits until the log is past `applied` (returns its position) or a stop is asked (returns None).
-    fn wait(&self, applied: Seq, processor: &mut Processor) -> Option<Seq> {
+    /// Waits until the log is past `applied`, a poke, or a second has passed (timers are due by the clock, so
+    /// they are checked at least that often). Returns the log position and the poke generation seen, or None
+    /// when a stop is asked.
+    fn wait(&self, applied: Seq, seen_poke: u64, processor: &mut Processor) -> Option<(Seq, u64)> {
         let mut s = self.state.lock().expect("wakeup lock");
+        let mut waited = false;
         loop {
             for (ws, rules) in s.rules.drain(..) {
                 processor.set_rules(ws, rules);
@@ -64,10 +77,15 @@ impl Wakeup {
             if s.stop {
                 return None;
             }
-            if s.log_seq > applied {
-                return Some(s.log_seq);
+            if s.log_seq > applied || s.poked > seen_poke || waited {
+                return Some((s.log_seq, s.poked));
             }
-            s = self.cv.wait(s).expect("wakeup lock");
+            let (guard, timeout) = self
+                .cv
+                .wait_timeout(s, std::time::Duration::from_secs(1))
+                .expect("wakeup lock");
+            s = guard;
+            waited = timeout.timed_out();
         }
     }
 }
@@ -133,17 +151,60 @@ impl Projector {
         log: Connection,
         rules: HashMap<i64, IdentifierRules>,
     ) -> Result<Self, StoreError> {
-        let applied_seq = conn.query_row(
+        if let Some(path) = log.path() {
+            conn.execute(
+                "ATTACH DATABASE ?1 AS log",
+                [format!("file:{path}?mode=ro")],
+            )?;
+        }
+        let applied_seq: Seq = conn.query_row(
             "SELECT value FROM meta WHERE key = 'applied_seq'",
             [],
             |r| r.get(0),
         )?;
+        let max_seq: Seq =
+            log.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        let mut decide_after: Seq = conn.query_row(
+            "SELECT value FROM meta WHERE key = 'decide_after'",
+            [],
+            |r| r.get(0),
+        )?;
+        if applied_seq == 0 && decide_after == 0 && max_seq > 0 {
+            // New projections over an existing log: what the log holds was decided already; replay it.
+            decide_after = max_seq;
+            conn.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'decide_after'",
+                [decide_after],
+            )?;
+        }
+        let mut processor = Processor::new(rules);
+        processor.decide_after(decide_after);
         Ok(Self {
             conn,
             log,
-            processor: Processor::new(rules),
+            processor,
             applied_seq,
         })
+    }
+
+    /// One decision pass over the queued profiles (see `decide`).
+    pub(crate) fn decide(
+        &mut self,
+        now: seam_core::Millis,
+    ) -> Result<crate::decide::Decided, StoreError> {
+        crate::decide::decide(&mut self.conn, now, 2_000)
+    }
+
+    /// After a rebuild: queues every live profile, so that the next start evaluates everyone once and sets the
+    /// timers again.
+    pub(crate) fn queue_everyone(&mut self) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO pending_evaluations (ws, profile)
+             SELECT p.ws, p.profile FROM profiles p WHERE p.merged_into IS NULL
+             AND EXISTS (SELECT 1 FROM segments s WHERE s.ws = p.ws)",
+            [],
+        )?;
+        Ok(())
     }
 
     /// Applies the events after `applied_seq` up to `until`, at most `MAX_CHUNK`, in one transaction.
@@ -219,6 +280,7 @@ impl Projector {
         wakeup: Arc<Wakeup>,
         stats: Arc<Stats>,
         applied_tx: watch::Sender<Seq>,
+        clock: Arc<dyn seam_core::Clock>,
     ) -> Result<JoinHandle<()>, StoreError> {
         stats.applied_seq.store(self.applied_seq, Ordering::SeqCst);
         applied_tx.send_replace(self.applied_seq);
@@ -226,6 +288,7 @@ impl Projector {
         stats
             .pending_system
             .store(pending.len() as i64, Ordering::SeqCst);
+        stats.pending_evaluations.store(1, Ordering::SeqCst); // unknown until the first pass
         std::thread::Builder::new()
             .name("seam-projector".into())
             .spawn(move || {
@@ -233,30 +296,68 @@ impl Projector {
                     let _ = to_writer.send(Command::System { events: pending });
                 }
                 let mut failures = 0u32;
-                while let Some(until) = wakeup.wait(self.applied_seq, &mut self.processor) {
-                    match self.step(until) {
-                        Ok(step) => {
-                            failures = 0;
-                            stats.applied_seq.store(self.applied_seq, Ordering::SeqCst);
-                            stats.applied_received_at.store(step.last_received_at, Ordering::Relaxed);
-                            let delta = step.emitted.len() as i64 - step.returned as i64;
-                            stats.pending_system.fetch_add(delta, Ordering::SeqCst);
-                            if !step.emitted.is_empty()
-                                && to_writer.send(Command::System { events: step.emitted }).is_err()
-                            {
-                                return;
-                            }
-                            applied_tx.send_replace(self.applied_seq);
-                        }
+                let mut seen_poke = 0;
+                while let Some((log_seq, poke)) = wakeup.wait(self.applied_seq, seen_poke, &mut self.processor) {
+                    seen_poke = poke;
+                    match self.pass(log_seq, &to_writer, &stats, clock.as_ref()) {
+                        Ok(()) => failures = 0,
                         Err(e) => {
                             failures += 1;
                             tracing::error!(error = %e, failures, "applying events to projections failed; will retry");
                             // Back off so that a poisoned event does not spin the core; the log keeps growing.
-                            std::thread::park_timeout(std::time::Duration::from_millis(100 * u64::from(failures.min(50))));
+                            std::thread::park_timeout(std::time::Duration::from_millis(
+                                100 * u64::from(failures.min(50)),
+                            ));
+                            continue;
                         }
                     }
+                    stats.passes.store(poke, Ordering::SeqCst);
+                    applied_tx.send_replace(self.applied_seq);
                 }
             })
             .map_err(StoreError::Io)
+    }
+
+    /// Applies the log up to `log_seq`, then decides memberships for the queued profiles.
+    fn pass(
+        &mut self,
+        log_seq: Seq,
+        to_writer: &SyncSender<Command>,
+        stats: &Stats,
+        clock: &dyn seam_core::Clock,
+    ) -> Result<(), StoreError> {
+        let send = |emitted: Vec<Emitted>| -> Result<(), StoreError> {
+            if emitted.is_empty() {
+                return Ok(());
+            }
+            stats
+                .pending_system
+                .fetch_add(emitted.len() as i64, Ordering::SeqCst);
+            to_writer
+                .send(Command::System { events: emitted })
+                .map_err(|_| StoreError::Closed)
+        };
+        if log_seq > self.applied_seq {
+            let step = self.step(log_seq)?;
+            stats.applied_seq.store(self.applied_seq, Ordering::SeqCst);
+            stats
+                .applied_received_at
+                .store(step.last_received_at, Ordering::Relaxed);
+            stats
+                .pending_system
+                .fetch_sub(step.returned as i64, Ordering::SeqCst);
+            send(step.emitted)?;
+        }
+        loop {
+            let decided = self.decide(clock.now_ms())?;
+            stats
+                .pending_evaluations
+                .store(decided.remaining, Ordering::SeqCst);
+            send(decided.emitted)?;
+            // New events first: a long backfill goes on between steps, not in front of them.
+            if decided.remaining == 0 || stats.log_seq.load(Ordering::SeqCst) > self.applied_seq {
+                return Ok(());
+            }
+        }
     }
 }

@@ -90,8 +90,8 @@ impl Store {
         self.with_reader(|c| {
             let Some(id) = resolve(c, ws, r)? else { return Ok(None) };
             let k = key(&id);
-            let state = state_of(c, ws, k)?;
-            let identities = identities_of(c, ws, k)?
+            let state = state_of(c, "p", ws, k)?;
+            let identities = identities_of(c, "p", ws, k)?
                 .into_iter()
                 .map(|(t, v)| {
                     let kind = seam_core::IdentifierType::parse(&t).map_err(StoreError::Corrupt)?;
@@ -167,18 +167,19 @@ impl Store {
     }
 }
 
-/// A live profile's state (empty for a profile that has none yet).
+/// A live profile's state (empty for a profile that has none yet). `proj` names the schema of projections.db
+/// on this connection (`p` on readers, `main` on the projector's).
 pub(crate) fn state_of(
     c: &Connection,
+    proj: &str,
     ws: WorkspaceKey,
     k: i64,
 ) -> Result<ProfileState, StoreError> {
     let state: Option<String> = c
-        .query_row(
-            "SELECT state FROM p.profiles WHERE ws = ?1 AND profile = ?2",
-            params![ws.0, k],
-            |r| r.get(0),
-        )
+        .prepare_cached(&format!(
+            "SELECT state FROM {proj}.profiles WHERE ws = ?1 AND profile = ?2"
+        ))?
+        .query_row(params![ws.0, k], |r| r.get(0))
         .optional()?
         .flatten();
     Ok(match state {
@@ -190,12 +191,13 @@ pub(crate) fn state_of(
 /// A profile's identifiers as `(type, value)`, ordered.
 pub(crate) fn identities_of(
     c: &Connection,
+    proj: &str,
     ws: WorkspaceKey,
     k: i64,
 ) -> Result<Vec<(String, String)>, StoreError> {
-    let mut stmt = c.prepare_cached(
-        "SELECT type, value FROM p.identities WHERE ws = ?1 AND profile = ?2 ORDER BY type, value",
-    )?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT type, value FROM {proj}.identities WHERE ws = ?1 AND profile = ?2 ORDER BY type, value"
+    ))?;
     let rows = stmt.query_map(params![ws.0, k], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
     })?;

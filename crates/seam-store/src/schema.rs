@@ -113,6 +113,35 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX segments_by_name ON segments (ws, name);
     "#,
     ),
+    (
+        3,
+        r#"
+    -- Who is in which segment, decided live and written to the log as segment_entered / segment_exited.
+    CREATE TABLE memberships (
+        ws INTEGER NOT NULL,
+        segment TEXT NOT NULL,
+        profile INTEGER NOT NULL,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (ws, segment, profile)
+    ) WITHOUT ROWID;
+    CREATE INDEX memberships_by_profile ON memberships (ws, profile);
+    -- Scheduling state (not compared by dump_projections): profiles to evaluate again, and when time alone
+    -- may change a profile's segments.
+    CREATE TABLE pending_evaluations (ws INTEGER NOT NULL, profile INTEGER NOT NULL, PRIMARY KEY (ws, profile))
+        WITHOUT ROWID;
+    CREATE TABLE segment_timers (
+        ws INTEGER NOT NULL,
+        profile INTEGER NOT NULL,
+        due INTEGER NOT NULL,
+        PRIMARY KEY (ws, profile)
+    ) WITHOUT ROWID;
+    CREATE INDEX segment_timers_by_due ON segment_timers (due);
+    -- Membership decisions are made for events after this log position; older ones are replayed from the log.
+    INSERT INTO meta (key, value) VALUES ('decide_after', 0);
+    -- Membership decisions made so far (numbers their events' message ids).
+    INSERT INTO meta (key, value) VALUES ('decisions', 0);
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.
@@ -123,7 +152,11 @@ pub const PROJECTION_TABLES: &[&str] = &[
     "identity_conflicts",
     "outbox",
     "segments",
+    "memberships",
 ];
+
+/// Scheduling tables of projections.db: emptied by a rebuild, not compared (they depend on when things ran).
+pub const SCHEDULE_TABLES: &[&str] = &["pending_evaluations", "segment_timers"];
 
 pub fn migrate(conn: &mut Connection, migrations: &[(i64, &str)]) -> rusqlite::Result<()> {
     conn.execute_batch(

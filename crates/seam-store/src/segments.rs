@@ -124,32 +124,80 @@ impl Store {
         })
     }
 
-    /// A live profile's traits, identifiers and track events.
-    pub fn person(&self, ws: WorkspaceKey, profile: &ProfileId) -> Result<PersonData, StoreError> {
+    /// Members of a segment after `after` (a profile key), in profile order, as the projector keeps them.
+    pub fn members(
+        &self,
+        ws: WorkspaceKey,
+        segment: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ProfileId>, StoreError> {
         self.with_reader(|c| {
-            let k = key(profile);
-            let state = state_of(c, ws, k)?;
-            let identities = identities_of(c, ws, k)?;
             let mut stmt = c.prepare_cached(
-                "SELECT e.body FROM p.timeline t JOIN events e ON e.seq = t.seq
-                 WHERE t.ws = ?1 AND t.profile = ?2 AND e.type = 'track' ORDER BY t.ts, t.seq",
+                "SELECT profile FROM p.memberships WHERE ws = ?1 AND segment = ?2 AND profile > ?3
+                 ORDER BY profile LIMIT ?4",
             )?;
-            let mut events = Vec::new();
-            for body in stmt.query_map(params![ws.0, k], |r| r.get::<_, String>(0))? {
-                let e: Event = serde_json::from_str(&body?)?;
-                events.push(PersonEvent {
-                    name: e.event.unwrap_or_default(),
-                    at: e.timestamp,
-                    properties: e.properties,
-                });
-            }
-            Ok(PersonData {
-                traits: state.trait_values(),
-                identities,
-                events,
-            })
+            let rows = stmt.query_map(params![ws.0, segment, after, limit as i64], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(rows
+                .map(|r| r.map(ProfileId::from_seq))
+                .collect::<Result<_, _>>()?)
         })
     }
+
+    /// The segments a profile is in, as the projector keeps them: (segment id, since).
+    pub fn memberships_of(
+        &self,
+        ws: WorkspaceKey,
+        profile: &ProfileId,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT segment, since FROM p.memberships WHERE ws = ?1 AND profile = ?2 ORDER BY segment",
+            )?;
+            let rows = stmt.query_map(params![ws.0, key(profile)], |r| {
+                Ok((r.get::<_, String>(0)?, format_rfc3339(r.get(1)?)))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// A live profile's traits, identifiers and track events.
+    pub fn person(&self, ws: WorkspaceKey, profile: &ProfileId) -> Result<PersonData, StoreError> {
+        self.with_reader(|c| person_data(c, "p", "main", ws, key(profile)))
+    }
+}
+
+/// What a segment is evaluated on, read through `c`, where `proj` and `log` name the schemas of
+/// projections.db and seam.db.
+pub(crate) fn person_data(
+    c: &rusqlite::Connection,
+    proj: &str,
+    log: &str,
+    ws: WorkspaceKey,
+    k: i64,
+) -> Result<PersonData, StoreError> {
+    let state = state_of(c, proj, ws, k)?;
+    let identities = identities_of(c, proj, ws, k)?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT e.body FROM {proj}.timeline t JOIN {log}.events e ON e.seq = t.seq
+         WHERE t.ws = ?1 AND t.profile = ?2 AND e.type = 'track' ORDER BY t.ts, t.seq"
+    ))?;
+    let mut events = Vec::new();
+    for body in stmt.query_map(params![ws.0, k], |r| r.get::<_, String>(0))? {
+        let e: Event = serde_json::from_str(&body?)?;
+        events.push(PersonEvent {
+            name: e.event.unwrap_or_default(),
+            at: e.timestamp,
+            properties: e.properties,
+        });
+    }
+    Ok(PersonData {
+        traits: state.trait_values(),
+        identities,
+        events,
+    })
 }
 
 fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRecord> {

@@ -89,6 +89,9 @@ pub struct IngestBench {
     /// The write key for --url.
     #[arg(long)]
     pub write_key: Option<String>,
+    /// Define Seam's example segments before sending, so that membership is kept current during ingest.
+    #[arg(long, conflicts_with = "url")]
+    pub segments: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

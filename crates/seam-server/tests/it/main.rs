@@ -1,6 +1,7 @@
 //! Integration tests: the real server on a random port with a fresh data folder, driven over HTTP.
 
 mod collect;
+mod membership;
 mod operations;
 mod profiles;
 mod segments;
@@ -40,8 +41,8 @@ pub async fn spawn_app_with(settings: ApiSettings) -> TestApp {
     let creds = seam_store::workspace::init_data_dir(&data, NOW)
         .unwrap()
         .expect("fresh folder");
-    let store = Store::open(&data, StoreOptions::default()).unwrap();
     let clock = ManualClock::new(NOW);
+    let store = Store::open(&data, StoreOptions::default(), Arc::new(clock.clone())).unwrap();
     let state = AppState::new(store.clone(), Arc::new(clock.clone()), settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

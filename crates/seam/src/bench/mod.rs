@@ -44,6 +44,7 @@ struct ServerProcess {
     child: Option<tokio::process::Child>,
     base: String,
     write_key: String,
+    secret_key: Option<String>,
 }
 
 impl ServerProcess {
@@ -60,6 +61,7 @@ impl ServerProcess {
         }
         let creds: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let write_key = creds["write_key"].as_str().context("write_key")?.to_owned();
+        let secret_key = creds["secret_key"].as_str().map(str::to_owned);
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -76,6 +78,7 @@ impl ServerProcess {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
             write_key,
+            secret_key,
         };
         let client = reqwest::Client::new();
         for _ in 0..500 {
@@ -201,9 +204,29 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
             child: None,
             base: url.trim_end_matches('/').to_owned(),
             write_key: key.clone(),
+            secret_key: None,
         },
         _ => ServerProcess::start(&data).await?,
     };
+    if args.segments {
+        let secret = server
+            .secret_key
+            .as_deref()
+            .context("the secret key of the server under test")?;
+        let client = reqwest::Client::new();
+        for (name, definition) in seam_audiences::EXAMPLES {
+            let resp = client
+                .post(format!("{}/v1/segments", server.base))
+                .bearer_auth(secret)
+                .json(&serde_json::json!({ "name": name, "definition": definition }))
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                bail!("defining the segment {name:?} answered {}", resp.status());
+            }
+        }
+        eprintln!("{} segments defined", seam_audiences::EXAMPLES.len());
+    }
     let host = server.base.trim_start_matches("http://").to_owned();
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         bodies
@@ -292,7 +315,8 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
             h["log_seq"].as_i64().unwrap_or(0),
             h["applied_seq"].as_i64().unwrap_or(-1),
         );
-        if applied >= log {
+        let pending = h["pending_evaluations"].as_i64().unwrap_or(0);
+        if applied >= log && pending == 0 {
             break log;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

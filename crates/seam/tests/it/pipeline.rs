@@ -57,7 +57,12 @@ async fn shop_traffic_is_stitched_as_the_truth_says_and_a_rebuild_equals_the_liv
     let creds = seam_store::workspace::init_data_dir(&data, NOW)
         .unwrap()
         .unwrap();
-    let store = Store::open(&data, StoreOptions::default()).unwrap();
+    let store = Store::open(
+        &data,
+        StoreOptions::default(),
+        Arc::new(ManualClock::new(NOW)),
+    )
+    .unwrap();
     let state = AppState::new(
         store.clone(),
         Arc::new(ManualClock::new(NOW)),

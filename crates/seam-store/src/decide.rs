@@ -1,0 +1,163 @@
+//! Live segment membership: the projector's second phase.
+//!
+//! Applying an event queues its profile in `pending_evaluations` (when the workspace has segments); a new or
+//! changed definition queues every live profile (the backfill); a due timer queues its profile again. Here the
+//! queued profiles are evaluated against every segment of their workspace, and each change of membership is
+//! decided once: written to `memberships`, and as a `segment_entered` / `segment_exited` event to the outbox in
+//! the same transaction, from where the log writer appends it. For each profile the earliest instant at which
+//! time alone may change one of its segments is kept in `segment_timers`.
+
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use seam_audiences::{parse, Expr, Library};
+use seam_core::{Event, EventType, Millis, ProfileId};
+use serde_json::json;
+
+use crate::process::Emitted;
+use crate::segments::person_data;
+use crate::{StoreError, WorkspaceKey};
+
+/// What one decision pass did.
+#[derive(Default)]
+pub(crate) struct Decided {
+    pub emitted: Vec<Emitted>,
+    /// Profiles still queued after this pass.
+    pub remaining: i64,
+}
+
+struct Defs {
+    library: Library,
+    /// (id, name, definition) of each segment.
+    segments: Vec<(String, String, Expr)>,
+}
+
+fn load_defs(conn: &Connection, ws: i64) -> Result<Defs, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, name, definition FROM segments WHERE ws = ?1 ORDER BY id")?;
+    let rows = stmt.query_map([ws], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut segments = Vec::new();
+    for row in rows {
+        let (id, name, text) = row?;
+        match parse(&text) {
+            Ok(expr) => segments.push((id, name, expr)),
+            Err(e) => {
+                tracing::error!(error = %e, "a stored segment definition does not parse; skipped")
+            }
+        }
+    }
+    let library = Library::new(segments.iter().map(|(_, n, e)| (n.clone(), e.clone())));
+    Ok(Defs { library, segments })
+}
+
+/// Evaluates up to `limit` queued profiles at `now` and records the membership changes.
+pub(crate) fn decide(
+    conn: &mut Connection,
+    now: Millis,
+    limit: usize,
+) -> Result<Decided, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "INSERT OR IGNORE INTO pending_evaluations (ws, profile) SELECT ws, profile FROM segment_timers WHERE due <= ?1",
+        [now],
+    )?;
+    tx.execute("DELETE FROM segment_timers WHERE due <= ?1", [now])?;
+    let queued: Vec<(i64, i64)> = tx
+        .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
+        .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut decisions: i64 =
+        tx.query_row("SELECT value FROM meta WHERE key = 'decisions'", [], |r| {
+            r.get(0)
+        })?;
+    let mut defs: HashMap<i64, Defs> = HashMap::new();
+    let mut emitted = Vec::new();
+    for (ws, profile) in queued {
+        tx.prepare_cached("DELETE FROM pending_evaluations WHERE ws = ?1 AND profile = ?2")?
+            .execute(params![ws, profile])?;
+        let live: Option<bool> = tx
+            .prepare_cached(
+                "SELECT merged_into IS NULL FROM profiles WHERE ws = ?1 AND profile = ?2",
+            )?
+            .query_row(params![ws, profile], |r| r.get(0))
+            .optional()?;
+        if live != Some(true) {
+            continue;
+        }
+        if let std::collections::hash_map::Entry::Vacant(slot) = defs.entry(ws) {
+            slot.insert(load_defs(&tx, ws)?);
+        }
+        let d = &defs[&ws];
+        let data = person_data(&tx, "main", "log", WorkspaceKey(ws), profile)?;
+        let current: HashSet<String> = tx
+            .prepare_cached("SELECT segment FROM memberships WHERE ws = ?1 AND profile = ?2")?
+            .query_map(params![ws, profile], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut next: Option<Millis> = None;
+        for (id, name, expr) in &d.segments {
+            let (member, change) =
+                d.library
+                    .evaluate(expr, &data.traits, &data.identities, &data.events, now);
+            if let Some(c) = change {
+                next = Some(next.map_or(c, |n| n.min(c)));
+            }
+            let kind = match (member, current.contains(id)) {
+                (true, false) => {
+                    tx.prepare_cached("INSERT INTO memberships (ws, segment, profile, since) VALUES (?1, ?2, ?3, ?4)")?
+                        .execute(params![ws, id, profile, now])?;
+                    EventType::SegmentEntered
+                }
+                (false, true) => {
+                    tx.prepare_cached(
+                        "DELETE FROM memberships WHERE ws = ?1 AND segment = ?2 AND profile = ?3",
+                    )?
+                    .execute(params![ws, id, profile])?;
+                    EventType::SegmentExited
+                }
+                _ => continue,
+            };
+            decisions += 1;
+            // Unique across rebuilds too (a rebuilt projection starts counting again, later in time).
+            let message_id = format!("$seam:{}:{id}:{profile}:{now}:{decisions}", kind.as_str());
+            let props = json!({"segment_id": id, "segment": name, "profile_id": ProfileId::from_seq(profile)});
+            let event = Event::system(
+                message_id,
+                kind,
+                now,
+                props.as_object().cloned().unwrap_or_default(),
+            );
+            let body = serde_json::to_string(&event)?;
+            tx.prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
+                .execute(params![ws, event.message_id, body])?;
+            emitted.push(Emitted {
+                ws,
+                event,
+                json: body,
+            });
+        }
+        match next {
+            Some(due) => tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO segment_timers (ws, profile, due) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![ws, profile, due])?,
+            None => tx
+                .prepare_cached("DELETE FROM segment_timers WHERE ws = ?1 AND profile = ?2")?
+                .execute(params![ws, profile])?,
+        };
+    }
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'decisions'",
+        [decisions],
+    )?;
+    let remaining: i64 =
+        tx.query_row("SELECT COUNT(*) FROM pending_evaluations", [], |r| r.get(0))?;
+    tx.commit()?;
+    Ok(Decided { emitted, remaining })
+}
