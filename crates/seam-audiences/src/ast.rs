@@ -159,12 +159,27 @@ pub enum Agg {
     FirstTime,
     /// The time of the last such event.
     LastTime,
+    /// The property's value on the most recent such event (`last product_id of "Product Viewed"`).
+    LastValue {
+        property: Vec<String>,
+    },
+    /// The property's most frequent value; a tie goes to the most recent (`most frequent category of …`).
+    MostFrequent {
+        property: Vec<String>,
+    },
+    /// The hour of the day (0–23, UTC) at which such events happen most often.
+    PreferredHour,
 }
 
 impl Agg {
     /// Whether the measure is a point in time (compared with `N days ago`) rather than a number.
     pub fn is_time(&self) -> bool {
         matches!(self, Self::FirstTime | Self::LastTime)
+    }
+
+    /// Whether the measure is a value of any type (a string, a number, a boolean) rather than a number.
+    pub fn is_value(&self) -> bool {
+        matches!(self, Self::LastValue { .. } | Self::MostFrequent { .. })
     }
 }
 

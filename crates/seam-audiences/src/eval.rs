@@ -137,9 +137,14 @@ impl Evaluator<'_, '_> {
             Expr::Compare { left, cmp, right } => {
                 let l = self.metric(left);
                 let (r, r_shown) = match right {
-                    Operand::Value { value } => {
-                        (Measure::Number(literal_number(value)), literal_shown(value))
-                    }
+                    Operand::Value { value } => (
+                        match value {
+                            Literal::Number(n) => Measure::Number(Some(*n)),
+                            Literal::String(t) => Measure::Value(Some(Value::String(t.clone()))),
+                            Literal::Bool(b) => Measure::Value(Some(Value::Bool(*b))),
+                        },
+                        literal_shown(value),
+                    ),
                     Operand::Metric { metric } => {
                         let m = self.metric(metric);
                         let s = m.shown();
@@ -150,11 +155,15 @@ impl Evaluator<'_, '_> {
                         (Measure::Time(Some(t)), rfc3339(t))
                     }
                 };
-                let result = match (&l, &r) {
-                    (Measure::Number(Some(a)), Measure::Number(Some(b))) => compare(*cmp, *a, *b),
-                    (Measure::Time(Some(a)), Measure::Time(Some(b))) => {
-                        compare(*cmp, *a as f64, *b as f64)
-                    }
+                let result = match (l.as_value(), r.as_value()) {
+                    (Some(a), Some(b)) => match (a.as_f64(), b.as_f64()) {
+                        (Some(x), Some(y)) => compare(*cmp, x, y),
+                        _ => match cmp {
+                            Cmp::Eq => a == b,
+                            Cmp::Ne => a != b,
+                            _ => false,
+                        },
+                    },
                     _ => false,
                 };
                 leaf(
@@ -292,6 +301,34 @@ impl Evaluator<'_, '_> {
             }
             Agg::FirstTime => Measure::Time(events.iter().map(|e| e.at).min()),
             Agg::LastTime => Measure::Time(events.iter().map(|e| e.at).max()),
+            Agg::LastValue { property } => Measure::Value(
+                events
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| {
+                        lookup(&e.properties, property)
+                            .filter(|v| !v.is_null())
+                            .map(|v| (e.at, i, v))
+                    })
+                    .max_by_key(|(at, i, _)| (*at, *i))
+                    .map(|(_, _, v)| v.clone()),
+            ),
+            Agg::MostFrequent { property } => Measure::Value(most_frequent(
+                events.iter().enumerate().filter_map(|(i, e)| {
+                    lookup(&e.properties, property)
+                        .filter(|v| !v.is_null())
+                        .map(|v| (e.at, i, v.clone()))
+                }),
+            )),
+            Agg::PreferredHour => {
+                Measure::Value(most_frequent(events.iter().enumerate().map(|(i, e)| {
+                    (
+                        e.at,
+                        i,
+                        Value::from(e.at.rem_euclid(86_400_000) / 3_600_000),
+                    )
+                })))
+            }
         }
     }
 
@@ -328,14 +365,43 @@ impl Evaluator<'_, '_> {
 enum Measure {
     Number(Option<f64>),
     Time(Option<Millis>),
+    /// A value of any type (last value, most frequent value, preferred hour).
+    Value(Option<Value>),
+}
+
+/// The most frequent value; a tie goes to the one seen most recently. Items are (time, order, value).
+fn most_frequent(items: impl Iterator<Item = (Millis, usize, Value)>) -> Option<Value> {
+    let mut counts: std::collections::HashMap<String, (usize, (Millis, usize), Value)> =
+        std::collections::HashMap::new();
+    for (at, i, v) in items {
+        let entry = counts.entry(v.to_string()).or_insert((0, (at, i), v));
+        entry.0 += 1;
+        entry.1 = entry.1.max((at, i));
+    }
+    counts
+        .into_values()
+        .max_by_key(|(n, last, _)| (*n, *last))
+        .map(|(_, _, v)| v)
 }
 
 impl Measure {
+    /// The measure as a JSON value (times as milliseconds); `None` when there is nothing to measure.
+    fn as_value(&self) -> Option<Value> {
+        match self {
+            Measure::Number(n) => n.map(Value::from),
+            Measure::Time(t) => t.map(Value::from),
+            Measure::Value(v) => v.clone(),
+        }
+    }
+
     fn shown(&self) -> String {
         match self {
             Measure::Number(Some(n)) => format!("{n}"),
             Measure::Time(Some(t)) => rfc3339(*t),
-            Measure::Number(None) | Measure::Time(None) => "nothing".to_owned(),
+            Measure::Value(Some(v)) => v.to_string(),
+            Measure::Number(None) | Measure::Time(None) | Measure::Value(None) => {
+                "nothing".to_owned()
+            }
         }
     }
 }
@@ -365,13 +431,6 @@ fn literal_eq(l: &Literal, v: &Value) -> bool {
         (Literal::Number(a), Value::Number(b)) => b.as_f64() == Some(*a),
         (Literal::String(a), Value::String(b)) => a == b,
         _ => false,
-    }
-}
-
-fn literal_number(l: &Literal) -> Option<f64> {
-    match l {
-        Literal::Number(n) => Some(*n),
-        _ => None,
     }
 }
 

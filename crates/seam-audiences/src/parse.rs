@@ -211,8 +211,22 @@ fn lex(text: &str) -> Result<Vec<Token>, ParseError> {
 
 /// Words that start a condition, so that a filter's `and` is not taken for the next condition's.
 const CONDITION_WORDS: &[&str] = &[
-    "trait", "has", "consents", "in", "for", "not", "count", "sum", "avg", "min", "max",
-    "distinct", "first", "last",
+    "trait",
+    "has",
+    "consents",
+    "in",
+    "for",
+    "not",
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "distinct",
+    "first",
+    "last",
+    "most",
+    "preferred",
 ];
 
 struct Parser {
@@ -385,7 +399,8 @@ impl Parser {
                     self.expect_punct(")", "to close the conditions of `for some`")?;
                     Ok(Expr::ForSome { property, expr: Box::new(expr) })
                 }
-                "count" | "sum" | "avg" | "min" | "max" | "distinct" | "first" | "last" => self.comparison(),
+                "count" | "sum" | "avg" | "min" | "max" | "distinct" | "first" | "last" | "most"
+                | "preferred" => self.comparison(),
                 _ => Err(self.error(
                     "expected a condition: `trait …`, `has …`, `consents to …`, `in segment …`, `for some …`, \
                      an aggregate such as `count of \"Event\"`, or a sequence starting with an event name",
@@ -415,6 +430,21 @@ impl Parser {
             let d = self.duration("a point in time such as `90 days ago`")?;
             self.expect_word("ago", "after the duration (as in `90 days ago`)")?;
             Operand::Ago { duration: d }
+        } else if left.agg.is_value() {
+            let at = self.pos;
+            let value = self.literal()?;
+            if matches!(cmp, Cmp::Lt | Cmp::Le | Cmp::Gt | Cmp::Ge)
+                && !matches!(value, Literal::Number(_))
+            {
+                return Err(self.error_at(
+                    at,
+                    &format!(
+                        "`{}` compares numbers; this value is not a number",
+                        cmp.as_str()
+                    ),
+                ));
+            }
+            Operand::Value { value }
         } else {
             match self.next() {
                 Tok::Num(n) => Operand::Value {
@@ -441,7 +471,7 @@ impl Parser {
     }
 
     fn is_aggregate_start(&self) -> bool {
-        matches!(self.peek(), Tok::Word(w) if matches!(w.as_str(), "count" | "sum" | "avg" | "min" | "max" | "distinct" | "first" | "last"))
+        matches!(self.peek(), Tok::Word(w) if matches!(w.as_str(), "count" | "sum" | "avg" | "min" | "max" | "distinct" | "first" | "last" | "most" | "preferred"))
             && matches!(self.peek_at(1), Tok::Word(_) | Tok::Name(_))
     }
 
@@ -449,16 +479,33 @@ impl Parser {
         let agg = match self.next() {
             Tok::Word(w) => match w.as_str() {
                 "count" => Agg::Count,
-                "first" | "last" => {
+                "first" => {
+                    self.expect_word("time", "after `first` (as in `first time of \"Event\"`)")?;
+                    Agg::FirstTime
+                }
+                "last" if self.is_word("time") => {
+                    self.pos += 1;
+                    Agg::LastTime
+                }
+                "last" => Agg::LastValue {
+                    property: self
+                        .path("`time` or a property after `last` (as in `last product_id of …`)")?,
+                },
+                "most" => {
                     self.expect_word(
-                        "time",
-                        &format!("after `{w}` (as in `{w} time of \"Event\"`)"),
+                        "frequent",
+                        "after `most` (as in `most frequent category of …`)",
                     )?;
-                    if w == "first" {
-                        Agg::FirstTime
-                    } else {
-                        Agg::LastTime
+                    Agg::MostFrequent {
+                        property: self.path("the property after `most frequent`")?,
                     }
+                }
+                "preferred" => {
+                    self.expect_word(
+                        "hour",
+                        "after `preferred` (as in `preferred hour of \"Event\"`)",
+                    )?;
+                    Agg::PreferredHour
                 }
                 f => {
                     let property = self.path(&format!(

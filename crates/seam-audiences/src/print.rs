@@ -4,10 +4,43 @@ use crate::ast::{Agg, Duration, EventSel, Expr, Filter, Literal, Metric, Operand
 
 /// Words the parser gives a meaning to; names spelled like them are written in backticks.
 const KEYWORDS: &[&str] = &[
-    "and", "or", "not", "trait", "has", "consents", "to", "for", "in", "segment", "some", "of",
-    "where", "last", "first", "time", "between", "ago", "ever", "then", "within", "followed", "by",
-    "item", "count", "sum", "avg", "min", "max", "distinct", "contains", "is", "set", "true",
+    "and",
+    "or",
+    "not",
+    "trait",
+    "has",
+    "consents",
+    "to",
+    "for",
+    "in",
+    "segment",
+    "some",
+    "of",
+    "where",
+    "last",
+    "first",
+    "time",
+    "between",
+    "ago",
+    "ever",
+    "then",
+    "within",
+    "followed",
+    "by",
+    "item",
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "distinct",
+    "contains",
+    "is",
+    "set",
+    "true",
     "false",
+    "most",
+    "preferred",
 ];
 
 /// The canonical text of a definition.
@@ -119,6 +152,15 @@ fn metric(m: &Metric, out: &mut String) {
         Agg::Count => out.push_str("count"),
         Agg::FirstTime => out.push_str("first time"),
         Agg::LastTime => out.push_str("last time"),
+        Agg::PreferredHour => out.push_str("preferred hour"),
+        Agg::LastValue { property } => {
+            out.push_str("last ");
+            path(property, out);
+        }
+        Agg::MostFrequent { property } => {
+            out.push_str("most frequent ");
+            path(property, out);
+        }
         Agg::Sum { property }
         | Agg::Avg { property }
         | Agg::Min { property }

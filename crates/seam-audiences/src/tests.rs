@@ -86,6 +86,8 @@ fn every_kind_of_condition_parses() {
         r#"avg revenue of "Order Completed" >= 1500.5"#,
         r#"distinct category of "Product Viewed" in last 30 days >= 3"#,
         r#"first time of "Order Completed" > 30 days ago"#,
+        r#"last category of "Product Viewed" = "coffee" and most frequent category of "Product Viewed" != "tea""#,
+        r#"preferred hour of "Order Completed" >= 18 and last `time` of "X" = true"#,
         r#""Product Added" not followed by "Order Completed" within 20 minutes"#,
         r#""Product Viewed" where product_id = "sku-1" then "Product Added" within 1 hour"#,
         r#"not (has email or has phone)"#,
@@ -309,6 +311,9 @@ fn metric(time: bool, item: bool) -> impl Strategy<Value = Metric> {
             path().prop_map(|property| Agg::Min { property }),
             path().prop_map(|property| Agg::Max { property }),
             path().prop_map(|property| Agg::Distinct { property }),
+            path().prop_map(|property| Agg::LastValue { property }),
+            path().prop_map(|property| Agg::MostFrequent { property }),
+            Just(Agg::PreferredHour),
         ]
         .boxed()
     };
@@ -541,6 +546,38 @@ mod evaluation {
             (r#"in segment "VIP""#, true),
         ] {
             assert_eq!(holds(def, &[], traits.clone(), NOW), expected, "{def}");
+        }
+    }
+
+    #[test]
+    fn last_and_most_frequent_values_and_the_preferred_hour() {
+        let hour = 3_600_000;
+        let events = [
+            PersonEvent {
+                name: "V".into(),
+                at: NOW - DAY + 20 * hour,
+                properties: json!({"c": "tea"}).as_object().cloned().unwrap(),
+            },
+            PersonEvent {
+                name: "V".into(),
+                at: NOW - 2 * DAY + 20 * hour,
+                properties: json!({"c": "coffee"}).as_object().cloned().unwrap(),
+            },
+            PersonEvent {
+                name: "V".into(),
+                at: NOW - 3 * DAY + 9 * hour,
+                properties: json!({"c": "coffee"}).as_object().cloned().unwrap(),
+            },
+        ];
+        for (def, expected) in [
+            (r#"last c of "V" = "tea""#, true),
+            (r#"most frequent c of "V" = "coffee""#, true),
+            (r#"most frequent c of "V" in last 36 hours = "tea""#, true),
+            (r#"preferred hour of "V" = 20"#, true),
+            (r#"last c of "Nothing" = "tea""#, false),
+            (r#"last c of "Nothing" != "tea""#, false),
+        ] {
+            assert_eq!(holds(def, &events, json!({}), NOW), expected, "{def}");
         }
     }
 
