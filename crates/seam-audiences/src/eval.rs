@@ -615,3 +615,23 @@ impl Library {
         (member, next_change(e, &person, now))
     }
 }
+
+/// The value of a measure for a person at `now` (a computed trait), and when time alone may change it.
+/// Times are milliseconds since the epoch; `None` when there is nothing to measure.
+pub fn measure(m: &Metric, person: &Person<'_>, now: Millis) -> (Option<Value>, Option<Millis>) {
+    let value = Evaluator {
+        person,
+        now,
+        item: None,
+    }
+    .metric(m)
+    .as_value();
+    let probe = Expr::Compare {
+        left: m.clone(),
+        cmp: Cmp::Eq,
+        right: Operand::Value {
+            value: Literal::Number(0.0),
+        },
+    };
+    (value, next_change(&probe, person, now))
+}

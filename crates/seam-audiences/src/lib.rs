@@ -16,9 +16,11 @@ pub mod parse;
 pub mod print;
 
 pub use ast::Expr;
-pub use eval::{evaluate, explain, next_change, Explanation, Library, Person, PersonEvent};
-pub use parse::{parse, ParseError};
-pub use print::print;
+pub use eval::{
+    evaluate, explain, measure, next_change, Explanation, Library, Person, PersonEvent,
+};
+pub use parse::{parse, parse_metric, ParseError};
+pub use print::{print, print_metric};
 
 /// The example segments shipped with Seam: (name, definition).
 pub const EXAMPLES: &[(&str, &str)] = &[

@@ -49,6 +49,39 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
     }
 }
 
+/// Parses a measure alone (`sum revenue of "Order Completed" in last 90 days`), as computed traits are defined.
+pub fn parse_metric(text: &str) -> Result<Metric, ParseError> {
+    if text.len() > MAX_BYTES {
+        return Err(ParseError {
+            line: 1,
+            column: 1,
+            message: format!(
+                "the definition is {} bytes; the limit is {MAX_BYTES}",
+                text.len()
+            ),
+        });
+    }
+    let tokens = lex(text)?;
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        depth: 0,
+        conditions: 0,
+        item_scopes: 0,
+    };
+    if !p.is_aggregate_start() {
+        return Err(p.error(
+            "expected a measure such as `count of \"Event\"`, `sum revenue of …`, `last product_id of …`, \
+             `most frequent category of …` or `preferred hour of …`",
+        ));
+    }
+    let m = p.metric()?;
+    match p.peek() {
+        Tok::End => Ok(m),
+        _ => Err(p.error("expected the end of the measure")),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Word(String),

@@ -147,6 +147,13 @@ fn grouped(e: &Expr, out: &mut String, parens: bool) {
     }
 }
 
+/// The canonical text of a measure (a computed trait's definition).
+pub fn print_metric(m: &Metric) -> String {
+    let mut out = String::new();
+    metric(m, &mut out);
+    out
+}
+
 fn metric(m: &Metric, out: &mut String) {
     match &m.agg {
         Agg::Count => out.push_str("count"),

@@ -684,3 +684,52 @@ mod time {
         }
     }
 }
+
+mod computed {
+    use serde_json::{json, Map};
+
+    use crate::eval::{measure, Person, PersonEvent};
+    use crate::{parse_metric, print_metric};
+
+    #[test]
+    fn measures_parse_print_and_compute() {
+        let day = 86_400_000;
+        let now = 1_795_392_000_000;
+        let events: Vec<PersonEvent> = [(5, 100), (40, 250), (100, 1000)]
+            .iter()
+            .map(|&(d, r)| PersonEvent {
+                name: "Order Completed".into(),
+                at: now - d * day,
+                properties: json!({"revenue": r}).as_object().cloned().unwrap(),
+            })
+            .collect();
+        let traits = Map::new();
+        let person = Person {
+            traits: &traits,
+            identities: &[],
+            events: &events,
+            in_segment: &|_| false,
+        };
+        for (text, value, changes) in [
+            (r#"sum revenue of "Order Completed""#, json!(1350.0), false),
+            (
+                r#"count of "Order Completed" in last 90 days"#,
+                json!(2.0),
+                true,
+            ),
+            (r#"last revenue of "Order Completed""#, json!(100), false),
+        ] {
+            let m = parse_metric(text).unwrap();
+            assert_eq!(parse_metric(&print_metric(&m)).unwrap(), m);
+            let (v, next) = measure(&m, &person, now);
+            assert_eq!(v, Some(value), "{text}");
+            assert_eq!(next.is_some(), changes, "{text}");
+        }
+        let e = parse_metric("has email").unwrap_err();
+        assert!(e.message.contains("expected a measure"), "{e}");
+        assert!(parse_metric(r#"count of "X" >= 3"#)
+            .unwrap_err()
+            .message
+            .contains("end of the measure"));
+    }
+}

@@ -27,6 +27,10 @@ pub enum EventType {
     SegmentEntered,
     /// A person left a segment (system event).
     SegmentExited,
+    /// A computed trait was defined or changed (system event).
+    ComputedTraitDefined,
+    /// A computed trait was deleted (system event).
+    ComputedTraitDeleted,
 }
 
 impl EventType {
@@ -44,6 +48,8 @@ impl EventType {
             Self::SegmentDeleted => "segment_deleted",
             Self::SegmentEntered => "segment_entered",
             Self::SegmentExited => "segment_exited",
+            Self::ComputedTraitDefined => "computed_trait_defined",
+            Self::ComputedTraitDeleted => "computed_trait_deleted",
         }
     }
 
@@ -54,7 +60,9 @@ impl EventType {
             | Self::SegmentDefined
             | Self::SegmentDeleted
             | Self::SegmentEntered
-            | Self::SegmentExited => EventKind::System,
+            | Self::SegmentExited
+            | Self::ComputedTraitDefined
+            | Self::ComputedTraitDeleted => EventKind::System,
             _ => EventKind::Received,
         }
     }
@@ -73,6 +81,8 @@ impl EventType {
             "segment_deleted" => Self::SegmentDeleted,
             "segment_entered" => Self::SegmentEntered,
             "segment_exited" => Self::SegmentExited,
+            "computed_trait_defined" => Self::ComputedTraitDefined,
+            "computed_trait_deleted" => Self::ComputedTraitDeleted,
             _ => return None,
         })
     }

@@ -4,11 +4,13 @@
 //! - `collect`: the Segment-compatible collection endpoints (`/v1/identify` … `/v1/batch` and the short paths).
 //! - `profiles`: the profiles API (secret key).
 //! - `segments`: the segments API: definitions, preview, members, a profile's segments, explain.
+//! - `computed`: the computed traits API.
 //! - [`error::ApiError`]: the one error shape, `{"code", "message", "errors"}`, with its status table.
 //! - [`metrics::Metrics`]: Prometheus counters and the acknowledgement latency histogram.
 
 mod auth;
 mod collect;
+mod computed;
 pub mod error;
 pub mod metrics;
 mod profiles;
@@ -68,6 +70,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/profiles/{reference}/segments",
             get(segments::of_profile),
+        )
+        .route(
+            "/v1/computed-traits",
+            get(computed::list).post(computed::create),
+        )
+        .route(
+            "/v1/computed-traits/{id}",
+            get(computed::get)
+                .put(computed::update)
+                .delete(computed::delete),
         )
         .route("/v1/segments", get(segments::list).post(segments::create))
         .route("/v1/segments/preview", post(segments::preview))

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use seam_audiences::{parse, print, Explanation, Expr, Library};
 use seam_core::ProfileId;
-use seam_store::segments::{PersonData, SegmentRecord};
+use seam_store::segments::{DefinitionRecord, PersonData};
 use seam_store::{Store, WorkspaceKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,7 +34,7 @@ pub(crate) struct SegmentBody {
 #[derive(Debug, Serialize)]
 pub(crate) struct SegmentView {
     #[serde(flatten)]
-    record: SegmentRecord,
+    record: DefinitionRecord,
     tree: Expr,
 }
 
@@ -88,7 +88,7 @@ fn referenced(e: &Expr, out: &mut Vec<String>) {
 }
 
 /// Every segment of the workspace, parsed, by name.
-fn parsed(all: &[SegmentRecord]) -> HashMap<String, Expr> {
+fn parsed(all: &[DefinitionRecord]) -> HashMap<String, Expr> {
     all.iter()
         .filter_map(|s| parse(&s.definition).ok().map(|e| (s.name.clone(), e)))
         .collect()
@@ -98,7 +98,7 @@ fn parsed(all: &[SegmentRecord]) -> HashMap<String, Expr> {
 fn check_references(
     name: &str,
     expr: &Expr,
-    all: &[SegmentRecord],
+    all: &[DefinitionRecord],
     own_id: Option<&str>,
 ) -> Result<(), ApiError> {
     if name.trim().is_empty() || name.chars().count() > 200 {
@@ -138,7 +138,7 @@ fn check_references(
     Ok(())
 }
 
-fn view(record: SegmentRecord) -> Result<SegmentView, ApiError> {
+fn view(record: DefinitionRecord) -> Result<SegmentView, ApiError> {
     let tree = parse(&record.definition).map_err(|e| {
         tracing::error!(error = %e, "a stored segment definition does not parse");
         ApiError::new(500, "internal", "internal error; it has been logged")
@@ -146,12 +146,16 @@ fn view(record: SegmentRecord) -> Result<SegmentView, ApiError> {
     Ok(SegmentView { record, tree })
 }
 
-async fn all_segments(store: &Store, ws: WorkspaceKey) -> Result<Vec<SegmentRecord>, ApiError> {
+async fn all_segments(store: &Store, ws: WorkspaceKey) -> Result<Vec<DefinitionRecord>, ApiError> {
     let store = store.clone();
     blocking(move || store.segments(ws)).await
 }
 
-async fn one_segment(store: &Store, ws: WorkspaceKey, id: &str) -> Result<SegmentRecord, ApiError> {
+async fn one_segment(
+    store: &Store,
+    ws: WorkspaceKey,
+    id: &str,
+) -> Result<DefinitionRecord, ApiError> {
     let (store, key) = (store.clone(), id.to_owned());
     blocking(move || store.segment(ws, &key))
         .await?

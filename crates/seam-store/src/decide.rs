@@ -10,7 +10,8 @@
 use std::collections::{HashMap, HashSet};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use seam_audiences::{parse, Expr, Library};
+use seam_audiences::ast::Metric;
+use seam_audiences::{measure, parse, parse_metric, Expr, Library, Person};
 use seam_core::{Event, EventType, Millis, ProfileId};
 use serde_json::json;
 
@@ -30,6 +31,8 @@ struct Defs {
     library: Library,
     /// (id, name, definition) of each segment.
     segments: Vec<(String, String, Expr)>,
+    /// (name, measure) of each computed trait.
+    computed: Vec<(String, Metric)>,
 }
 
 fn load_defs(conn: &Connection, ws: i64) -> Result<Defs, StoreError> {
@@ -53,7 +56,27 @@ fn load_defs(conn: &Connection, ws: i64) -> Result<Defs, StoreError> {
         }
     }
     let library = Library::new(segments.iter().map(|(_, n, e)| (n.clone(), e.clone())));
-    Ok(Defs { library, segments })
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, definition FROM computed_trait_defs WHERE ws = ?1 ORDER BY name",
+    )?;
+    let rows = stmt.query_map([ws], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut computed = Vec::new();
+    for row in rows {
+        let (name, text) = row?;
+        match parse_metric(&text) {
+            Ok(m) => computed.push((name, m)),
+            Err(e) => {
+                tracing::error!(error = %e, "a stored computed trait definition does not parse; skipped")
+            }
+        }
+    }
+    Ok(Defs {
+        library,
+        segments,
+        computed,
+    })
 }
 
 /// Evaluates up to `limit` queued profiles at `now` and records the membership changes.
@@ -94,19 +117,51 @@ pub(crate) fn decide(
             slot.insert(load_defs(&tx, ws)?);
         }
         let d = &defs[&ws];
-        let data = person_data(&tx, "main", "log", WorkspaceKey(ws), profile)?;
+        let mut data = person_data(&tx, "main", "log", WorkspaceKey(ws), profile)?;
+        let mut next: Option<Millis> = None;
+        let mut soonest = |c: Option<Millis>| {
+            if let Some(c) = c {
+                next = Some(next.map_or(c, |n: Millis| n.min(c)));
+            }
+        };
+        // Computed traits first: segments may use them as `trait computed.<name>`.
+        if !d.computed.is_empty() {
+            let mut values = serde_json::Map::new();
+            let person = Person {
+                traits: &data.traits,
+                identities: &data.identities,
+                events: &data.events,
+                in_segment: &|_| false,
+            };
+            for (name, m) in &d.computed {
+                let (value, change) = measure(m, &person, now);
+                soonest(change);
+                match value {
+                    Some(v) => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO computed_traits (ws, profile, name, value) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![ws, profile, name, v.to_string()])?;
+                        values.insert(name.clone(), v);
+                    }
+                    None => {
+                        tx.prepare_cached("DELETE FROM computed_traits WHERE ws = ?1 AND profile = ?2 AND name = ?3")?
+                            .execute(params![ws, profile, name])?;
+                    }
+                }
+            }
+            data.traits
+                .insert("computed".to_owned(), serde_json::Value::Object(values));
+        }
         let current: HashSet<String> = tx
             .prepare_cached("SELECT segment FROM memberships WHERE ws = ?1 AND profile = ?2")?
             .query_map(params![ws, profile], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        let mut next: Option<Millis> = None;
         for (id, name, expr) in &d.segments {
             let (member, change) =
                 d.library
                     .evaluate(expr, &data.traits, &data.identities, &data.events, now);
-            if let Some(c) = change {
-                next = Some(next.map_or(c, |n| n.min(c)));
-            }
+            soonest(change);
             let kind = match (member, current.contains(id)) {
                 (true, false) => {
                     tx.prepare_cached("INSERT INTO memberships (ws, segment, profile, since) VALUES (?1, ?2, ?3, ?4)")?

@@ -49,7 +49,8 @@ pub(crate) struct Processor {
     returned: usize,
     /// Membership decisions are made for events after this log position (older ones are replayed).
     decide_after: Seq,
-    /// Whether each workspace has any segment (then touched profiles are queued for evaluation).
+    /// Whether each workspace has any segment or computed trait (then touched profiles are queued for
+    /// evaluation).
     has_segments: HashMap<i64, bool>,
 }
 
@@ -109,8 +110,9 @@ fn apply_membership(conn: &Connection, ws: i64, event: &Event) -> Result<(), Sto
     Ok(())
 }
 
-/// Creates or replaces a segment from its `segment_defined` event (`id`, `name`, `definition`).
-fn define_segment(conn: &Connection, ws: i64, event: &Event) -> Result<(), StoreError> {
+/// Creates or replaces a segment or computed trait (`table`) from its `…_defined` event (`id`, `name`,
+/// `definition`).
+fn define(conn: &Connection, table: &str, ws: i64, event: &Event) -> Result<(), StoreError> {
     let field = |k: &str| {
         event
             .properties
@@ -120,12 +122,12 @@ fn define_segment(conn: &Connection, ws: i64, event: &Event) -> Result<(), Store
             .to_owned()
     };
     let (id, name, definition) = (field("id"), field("name"), field("definition"));
-    conn.prepare_cached(
-        "INSERT INTO segments (ws, id, name, definition, version, created_at, updated_at)
+    conn.prepare_cached(&format!(
+        "INSERT INTO {table} (ws, id, name, definition, version, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)
          ON CONFLICT (ws, id) DO UPDATE SET name = excluded.name, definition = excluded.definition,
-             version = version + 1, updated_at = excluded.updated_at",
-    )?
+             version = version + 1, updated_at = excluded.updated_at"
+    ))?
     .execute(params![ws, id, name, definition, event.timestamp])?;
     Ok(())
 }
@@ -194,7 +196,10 @@ impl Processor {
             Some(&h) => h,
             None => {
                 let h: bool = conn
-                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM segments WHERE ws = ?1)")?
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM segments WHERE ws = ?1)
+                             OR EXISTS (SELECT 1 FROM computed_trait_defs WHERE ws = ?1)",
+                    )?
                     .query_row([ws], |r| r.get(0))?;
                 self.has_segments.insert(ws, h);
                 h
@@ -260,22 +265,51 @@ impl Processor {
         event: &Event,
     ) -> Result<(), StoreError> {
         match event.kind {
-            EventType::SegmentDefined | EventType::SegmentDeleted => {
+            EventType::SegmentDefined
+            | EventType::SegmentDeleted
+            | EventType::ComputedTraitDefined
+            | EventType::ComputedTraitDeleted => {
                 let id = event
                     .properties
                     .get("id")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                if event.kind == EventType::SegmentDefined {
-                    define_segment(conn, ws, event)?;
-                } else {
-                    conn.prepare_cached("DELETE FROM segments WHERE ws = ?1 AND id = ?2")?
+                match event.kind {
+                    EventType::SegmentDefined => define(conn, "segments", ws, event)?,
+                    EventType::ComputedTraitDefined => {
+                        define(conn, "computed_trait_defs", ws, event)?
+                    }
+                    EventType::SegmentDeleted => {
+                        conn.prepare_cached("DELETE FROM segments WHERE ws = ?1 AND id = ?2")?
+                            .execute(params![ws, id])?;
+                        conn.prepare_cached(
+                            "DELETE FROM memberships WHERE ws = ?1 AND segment = ?2",
+                        )?
                         .execute(params![ws, id])?;
-                    conn.prepare_cached("DELETE FROM memberships WHERE ws = ?1 AND segment = ?2")?
+                    }
+                    _ => {
+                        let name: Option<String> = conn
+                            .prepare_cached(
+                                "SELECT name FROM computed_trait_defs WHERE ws = ?1 AND id = ?2",
+                            )?
+                            .query_row(params![ws, id], |r| r.get(0))
+                            .optional()?;
+                        conn.prepare_cached(
+                            "DELETE FROM computed_trait_defs WHERE ws = ?1 AND id = ?2",
+                        )?
                         .execute(params![ws, id])?;
+                        conn.prepare_cached(
+                            "DELETE FROM computed_traits WHERE ws = ?1 AND name = ?2",
+                        )?
+                        .execute(params![ws, name])?;
+                    }
                 }
                 self.has_segments.remove(&ws);
-                if event.kind == EventType::SegmentDefined && seq > self.decide_after {
+                let defined = matches!(
+                    event.kind,
+                    EventType::SegmentDefined | EventType::ComputedTraitDefined
+                );
+                if defined && seq > self.decide_after {
                     // Backfill: every live profile is evaluated against the new definition.
                     conn.prepare_cached(
                         "INSERT OR IGNORE INTO pending_evaluations (ws, profile)
@@ -344,6 +378,7 @@ impl Processor {
                 "DELETE FROM memberships WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
                 "DELETE FROM pending_evaluations WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
                 "DELETE FROM segment_timers WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
+                "DELETE FROM computed_traits WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
                 "UPDATE identities SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
                 "UPDATE timeline SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
                 "UPDATE profiles SET merged_into = ?3, state = NULL WHERE ws = ?1 AND profile = ?2",

@@ -23,6 +23,8 @@ pub struct ProfileView {
     pub id: ProfileId,
     pub identities: Vec<Identifier>,
     pub traits: Map<String, Value>,
+    /// Values of the workspace's computed traits, by name.
+    pub computed_traits: Map<String, Value>,
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
     pub event_count: u64,
@@ -109,6 +111,7 @@ impl Store {
                 id,
                 identities,
                 traits: state.trait_values(),
+                computed_traits: crate::segments::computed_traits_of(c, "p", ws, k)?,
                 first_seen: state.first_seen.map(format_rfc3339),
                 last_seen: state.last_seen.map(format_rfc3339),
                 event_count: state.event_count,

@@ -142,6 +142,30 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     INSERT INTO meta (key, value) VALUES ('decisions', 0);
     "#,
     ),
+    (
+        4,
+        r#"
+    -- Computed trait definitions, from computed_trait_defined / computed_trait_deleted events in the log.
+    CREATE TABLE computed_trait_defs (
+        ws INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (ws, id)
+    ) WITHOUT ROWID;
+    -- Their values per profile, kept current with the memberships (JSON values).
+    CREATE TABLE computed_traits (
+        ws INTEGER NOT NULL,
+        profile INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (ws, profile, name)
+    ) WITHOUT ROWID;
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.
@@ -153,6 +177,8 @@ pub const PROJECTION_TABLES: &[&str] = &[
     "outbox",
     "segments",
     "memberships",
+    "computed_trait_defs",
+    "computed_traits",
 ];
 
 /// Scheduling tables of projections.db: emptied by a rebuild, not compared (they depend on when things ran).

@@ -15,9 +15,9 @@ use crate::process::key;
 use crate::read::{identities_of, state_of};
 use crate::{LogRow, Store, StoreError, WorkspaceKey};
 
-/// A stored segment definition (the definition in canonical text).
+/// A stored segment or computed trait definition (the definition in canonical text).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SegmentRecord {
+pub struct DefinitionRecord {
     pub id: String,
     pub name: String,
     pub definition: String,
@@ -36,25 +36,101 @@ pub struct PersonData {
 
 impl Store {
     /// Every segment of the workspace, by name.
-    pub fn segments(&self, ws: WorkspaceKey) -> Result<Vec<SegmentRecord>, StoreError> {
+    pub fn segments(&self, ws: WorkspaceKey) -> Result<Vec<DefinitionRecord>, StoreError> {
+        self.definitions(ws, "segments")
+    }
+
+    pub fn segment(
+        &self,
+        ws: WorkspaceKey,
+        id: &str,
+    ) -> Result<Option<DefinitionRecord>, StoreError> {
+        self.definition(ws, "segments", id)
+    }
+
+    /// Every computed trait of the workspace, by name.
+    pub fn computed_trait_defs(
+        &self,
+        ws: WorkspaceKey,
+    ) -> Result<Vec<DefinitionRecord>, StoreError> {
+        self.definitions(ws, "computed_trait_defs")
+    }
+
+    pub fn computed_trait_def(
+        &self,
+        ws: WorkspaceKey,
+        id: &str,
+    ) -> Result<Option<DefinitionRecord>, StoreError> {
+        self.definition(ws, "computed_trait_defs", id)
+    }
+
+    fn definitions(
+        &self,
+        ws: WorkspaceKey,
+        table: &str,
+    ) -> Result<Vec<DefinitionRecord>, StoreError> {
         self.with_reader(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, name, definition, version, created_at, updated_at FROM p.segments WHERE ws = ?1 ORDER BY name, id",
-            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT id, name, definition, version, created_at, updated_at FROM p.{table} WHERE ws = ?1 ORDER BY name, id"
+            ))?;
             let rows = stmt.query_map([ws.0], record)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 
-    pub fn segment(&self, ws: WorkspaceKey, id: &str) -> Result<Option<SegmentRecord>, StoreError> {
+    fn definition(
+        &self,
+        ws: WorkspaceKey,
+        table: &str,
+        id: &str,
+    ) -> Result<Option<DefinitionRecord>, StoreError> {
         self.with_reader(|c| {
-            Ok(c.query_row(
-                "SELECT id, name, definition, version, created_at, updated_at FROM p.segments WHERE ws = ?1 AND id = ?2",
-                params![ws.0, id],
-                record,
-            )
+            Ok(c.prepare_cached(&format!(
+                "SELECT id, name, definition, version, created_at, updated_at FROM p.{table} WHERE ws = ?1 AND id = ?2"
+            ))?
+            .query_row(params![ws.0, id], record)
             .optional()?)
         })
+    }
+
+    /// Creates or replaces a computed trait: a `computed_trait_defined` event in the log. Resolves once it is
+    /// applied (values follow as profiles are evaluated).
+    pub async fn define_computed_trait(
+        &self,
+        ws: WorkspaceKey,
+        id: &str,
+        name: &str,
+        definition: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let props = json!({"id": id, "name": name, "definition": definition});
+        self.append_definition(ws, EventType::ComputedTraitDefined, id, props, now)
+            .await
+    }
+
+    pub async fn delete_computed_trait(
+        &self,
+        ws: WorkspaceKey,
+        id: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.append_definition(
+            ws,
+            EventType::ComputedTraitDeleted,
+            id,
+            json!({ "id": id }),
+            now,
+        )
+        .await
+    }
+
+    /// A profile's computed trait values.
+    pub fn computed_traits(
+        &self,
+        ws: WorkspaceKey,
+        profile: &ProfileId,
+    ) -> Result<Map<String, Value>, StoreError> {
+        self.with_reader(|c| computed_traits_of(c, "p", ws, key(profile)))
     }
 
     /// Creates or replaces a segment: a `segment_defined` event in the log. Resolves once it is applied.
@@ -193,15 +269,41 @@ pub(crate) fn person_data(
             properties: e.properties,
         });
     }
+    let mut traits = state.trait_values();
+    let computed = computed_traits_of(c, proj, ws, k)?;
+    if !computed.is_empty() {
+        traits.insert("computed".to_owned(), Value::Object(computed));
+    }
     Ok(PersonData {
-        traits: state.trait_values(),
+        traits,
         identities,
         events,
     })
 }
 
-fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRecord> {
-    Ok(SegmentRecord {
+/// A profile's computed trait values, by name.
+pub(crate) fn computed_traits_of(
+    c: &rusqlite::Connection,
+    proj: &str,
+    ws: WorkspaceKey,
+    k: i64,
+) -> Result<Map<String, Value>, StoreError> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT name, value FROM {proj}.computed_traits WHERE ws = ?1 AND profile = ?2"
+    ))?;
+    let rows = stmt.query_map(params![ws.0, k], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Map::new();
+    for row in rows {
+        let (name, value) = row?;
+        out.insert(name, serde_json::from_str(&value)?);
+    }
+    Ok(out)
+}
+
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<DefinitionRecord> {
+    Ok(DefinitionRecord {
         id: r.get(0)?,
         name: r.get(1)?,
         definition: r.get(2)?,

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on a random port with a fresh data folder, driven over HTTP.
 
 mod collect;
+mod computed;
 mod membership;
 mod operations;
 mod profiles;

@@ -29,6 +29,23 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
         "/v1/profiles/{reference}/segments",
         "/v1/profiles/user_id:1/segments",
     ),
+    ("get", "/v1/computed-traits", "/v1/computed-traits"),
+    ("post", "/v1/computed-traits", "/v1/computed-traits"),
+    (
+        "get",
+        "/v1/computed-traits/{id}",
+        "/v1/computed-traits/ct_x",
+    ),
+    (
+        "put",
+        "/v1/computed-traits/{id}",
+        "/v1/computed-traits/ct_x",
+    ),
+    (
+        "delete",
+        "/v1/computed-traits/{id}",
+        "/v1/computed-traits/ct_x",
+    ),
     ("get", "/v1/segments", "/v1/segments"),
     ("post", "/v1/segments", "/v1/segments"),
     ("post", "/v1/segments/preview", "/v1/segments/preview"),
