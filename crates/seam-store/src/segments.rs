@@ -260,11 +260,20 @@ pub(crate) fn person_data(
         "SELECT e.body FROM {proj}.timeline t JOIN {log}.events e ON e.seq = t.seq
          WHERE t.ws = ?1 AND t.profile = ?2 AND e.type = 'track' ORDER BY t.ts, t.seq"
     ))?;
+    /// What evaluation reads of a stored event; the rest (context, identifiers) is skipped unparsed.
+    #[derive(serde::Deserialize)]
+    struct Tracked {
+        #[serde(default)]
+        event: String,
+        timestamp: Millis,
+        #[serde(default)]
+        properties: Map<String, Value>,
+    }
     let mut events = Vec::new();
     for body in stmt.query_map(params![ws.0, k], |r| r.get::<_, String>(0))? {
-        let e: Event = serde_json::from_str(&body?)?;
+        let e: Tracked = serde_json::from_str(&body?)?;
         events.push(PersonEvent {
-            name: e.event.unwrap_or_default(),
+            name: e.event,
             at: e.timestamp,
             properties: e.properties,
         });
