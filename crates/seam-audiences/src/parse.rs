@@ -24,24 +24,7 @@ pub struct ParseError {
 
 /// Parses a definition in the segment language.
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
-    if text.len() > MAX_BYTES {
-        return Err(ParseError {
-            line: 1,
-            column: 1,
-            message: format!(
-                "the definition is {} bytes; the limit is {MAX_BYTES}",
-                text.len()
-            ),
-        });
-    }
-    let tokens = lex(text)?;
-    let mut p = Parser {
-        tokens,
-        pos: 0,
-        depth: 0,
-        conditions: 0,
-        item_scopes: 0,
-    };
+    let mut p = Parser::new(text)?;
     let expr = p.expr()?;
     match p.peek() {
         Tok::End => Ok(expr),
@@ -51,24 +34,7 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
 
 /// Parses a measure alone (`sum revenue of "Order Completed" in last 90 days`), as computed traits are defined.
 pub fn parse_metric(text: &str) -> Result<Metric, ParseError> {
-    if text.len() > MAX_BYTES {
-        return Err(ParseError {
-            line: 1,
-            column: 1,
-            message: format!(
-                "the definition is {} bytes; the limit is {MAX_BYTES}",
-                text.len()
-            ),
-        });
-    }
-    let tokens = lex(text)?;
-    let mut p = Parser {
-        tokens,
-        pos: 0,
-        depth: 0,
-        conditions: 0,
-        item_scopes: 0,
-    };
+    let mut p = Parser::new(text)?;
     if !p.is_aggregate_start() {
         return Err(p.error(
             "expected a measure such as `count of \"Event\"`, `sum revenue of …`, `last product_id of …`, \
@@ -271,6 +237,27 @@ struct Parser {
 }
 
 impl Parser {
+    /// Checks the size and reads the tokens of `text`.
+    fn new(text: &str) -> Result<Self, ParseError> {
+        if text.len() > MAX_BYTES {
+            return Err(ParseError {
+                line: 1,
+                column: 1,
+                message: format!(
+                    "the definition is {} bytes; the limit is {MAX_BYTES}",
+                    text.len()
+                ),
+            });
+        }
+        Ok(Self {
+            tokens: lex(text)?,
+            pos: 0,
+            depth: 0,
+            conditions: 0,
+            item_scopes: 0,
+        })
+    }
+
     fn peek(&self) -> &Tok {
         &self.tokens[self.pos.min(self.tokens.len() - 1)].tok
     }
