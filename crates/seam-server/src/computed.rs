@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use seam_audiences::ast::Metric;
 use seam_audiences::{parse_metric, print_metric};
-use seam_store::segments::DefinitionRecord;
+use seam_store::segments::{DefinitionKind, DefinitionRecord};
 use seam_store::WorkspaceKey;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -67,12 +67,12 @@ fn valid_name(name: &str) -> Result<(), ApiError> {
 
 async fn all(state: &AppState, ws: WorkspaceKey) -> Result<Vec<DefinitionRecord>, ApiError> {
     let store = state.store.clone();
-    blocking(move || store.computed_trait_defs(ws)).await
+    blocking(move || store.definitions(ws, DefinitionKind::ComputedTrait)).await
 }
 
 async fn one(state: &AppState, ws: WorkspaceKey, id: &str) -> Result<DefinitionRecord, ApiError> {
     let (store, key) = (state.store.clone(), id.to_owned());
-    blocking(move || store.computed_trait_def(ws, &key))
+    blocking(move || store.definition(ws, DefinitionKind::ComputedTrait, &key))
         .await?
         .ok_or_else(|| {
             ApiError::new(
@@ -126,7 +126,14 @@ pub(crate) async fn create(
     let id = seam_store::workspace::random_token("ct_", 16).map_err(ApiError::from_store)?;
     state
         .store
-        .define_computed_trait(ws, &id, &name, &definition, state.clock.now_ms())
+        .define(
+            ws,
+            DefinitionKind::ComputedTrait,
+            &id,
+            &name,
+            &definition,
+            state.clock.now_ms(),
+        )
         .await
         .map_err(ApiError::from_store)?;
     Ok((
@@ -171,7 +178,14 @@ pub(crate) async fn update(
     let (name, definition) = checked(&state, ws, body, Some(&current)).await?;
     state
         .store
-        .define_computed_trait(ws, &id, &name, &definition, state.clock.now_ms())
+        .define(
+            ws,
+            DefinitionKind::ComputedTrait,
+            &id,
+            &name,
+            &definition,
+            state.clock.now_ms(),
+        )
         .await
         .map_err(ApiError::from_store)?;
     Ok(Json(view(one(&state, ws, &id).await?)?))
@@ -187,7 +201,7 @@ pub(crate) async fn delete(
     one(&state, ws, &id).await?;
     state
         .store
-        .delete_computed_trait(ws, &id, state.clock.now_ms())
+        .delete_definition(ws, DefinitionKind::ComputedTrait, &id, state.clock.now_ms())
         .await
         .map_err(ApiError::from_store)?;
     Ok(StatusCode::NO_CONTENT)

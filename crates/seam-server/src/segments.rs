@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use seam_audiences::{parse, print, Explanation, Expr, Library};
 use seam_core::ProfileId;
-use seam_store::segments::{DefinitionRecord, PersonData};
+use seam_store::segments::{DefinitionKind, DefinitionRecord, PersonData};
 use seam_store::{Store, WorkspaceKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -148,7 +148,7 @@ fn view(record: DefinitionRecord) -> Result<SegmentView, ApiError> {
 
 async fn all_segments(store: &Store, ws: WorkspaceKey) -> Result<Vec<DefinitionRecord>, ApiError> {
     let store = store.clone();
-    blocking(move || store.segments(ws)).await
+    blocking(move || store.definitions(ws, DefinitionKind::Segment)).await
 }
 
 async fn one_segment(
@@ -157,7 +157,7 @@ async fn one_segment(
     id: &str,
 ) -> Result<DefinitionRecord, ApiError> {
     let (store, key) = (store.clone(), id.to_owned());
-    blocking(move || store.segment(ws, &key))
+    blocking(move || store.definition(ws, DefinitionKind::Segment, &key))
         .await?
         .ok_or_else(|| {
             ApiError::new(
@@ -186,7 +186,14 @@ pub(crate) async fn create(
     let id = seam_store::workspace::random_token("seg_", 16).map_err(ApiError::from_store)?;
     state
         .store
-        .define_segment(ws, &id, name.trim(), &print(&expr), state.clock.now_ms())
+        .define(
+            ws,
+            DefinitionKind::Segment,
+            &id,
+            name.trim(),
+            &print(&expr),
+            state.clock.now_ms(),
+        )
         .await
         .map_err(ApiError::from_store)?;
     Ok((
@@ -235,7 +242,14 @@ pub(crate) async fn update(
     check_references(&name, &expr, &all, Some(&id))?;
     state
         .store
-        .define_segment(ws, &id, name.trim(), &print(&expr), state.clock.now_ms())
+        .define(
+            ws,
+            DefinitionKind::Segment,
+            &id,
+            name.trim(),
+            &print(&expr),
+            state.clock.now_ms(),
+        )
         .await
         .map_err(ApiError::from_store)?;
     Ok(Json(view(one_segment(&state.store, ws, &id).await?)?))
@@ -270,7 +284,7 @@ pub(crate) async fn delete(
     }
     state
         .store
-        .delete_segment(ws, &id, state.clock.now_ms())
+        .delete_definition(ws, DefinitionKind::Segment, &id, state.clock.now_ms())
         .await
         .map_err(ApiError::from_store)?;
     Ok(StatusCode::NO_CONTENT)

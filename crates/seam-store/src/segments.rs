@@ -34,127 +34,90 @@ pub struct PersonData {
     pub events: Vec<PersonEvent>,
 }
 
+/// Which kind of definition: both are events in the log and tables in the projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefinitionKind {
+    Segment,
+    ComputedTrait,
+}
+
+impl DefinitionKind {
+    fn table(self) -> &'static str {
+        match self {
+            Self::Segment => "segments",
+            Self::ComputedTrait => "computed_trait_defs",
+        }
+    }
+
+    fn events(self) -> (EventType, EventType) {
+        match self {
+            Self::Segment => (EventType::SegmentDefined, EventType::SegmentDeleted),
+            Self::ComputedTrait => (
+                EventType::ComputedTraitDefined,
+                EventType::ComputedTraitDeleted,
+            ),
+        }
+    }
+}
+
 impl Store {
-    /// Every segment of the workspace, by name.
-    pub fn segments(&self, ws: WorkspaceKey) -> Result<Vec<DefinitionRecord>, StoreError> {
-        self.definitions(ws, "segments")
-    }
-
-    pub fn segment(
+    /// Every definition of a kind in the workspace, by name.
+    pub fn definitions(
         &self,
         ws: WorkspaceKey,
-        id: &str,
-    ) -> Result<Option<DefinitionRecord>, StoreError> {
-        self.definition(ws, "segments", id)
-    }
-
-    /// Every computed trait of the workspace, by name.
-    pub fn computed_trait_defs(
-        &self,
-        ws: WorkspaceKey,
-    ) -> Result<Vec<DefinitionRecord>, StoreError> {
-        self.definitions(ws, "computed_trait_defs")
-    }
-
-    pub fn computed_trait_def(
-        &self,
-        ws: WorkspaceKey,
-        id: &str,
-    ) -> Result<Option<DefinitionRecord>, StoreError> {
-        self.definition(ws, "computed_trait_defs", id)
-    }
-
-    fn definitions(
-        &self,
-        ws: WorkspaceKey,
-        table: &str,
+        kind: DefinitionKind,
     ) -> Result<Vec<DefinitionRecord>, StoreError> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT id, name, definition, version, created_at, updated_at FROM p.{table} WHERE ws = ?1 ORDER BY name, id"
+                "SELECT id, name, definition, version, created_at, updated_at FROM p.{} WHERE ws = ?1 ORDER BY name, id",
+                kind.table()
             ))?;
             let rows = stmt.query_map([ws.0], record)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 
-    fn definition(
+    pub fn definition(
         &self,
         ws: WorkspaceKey,
-        table: &str,
+        kind: DefinitionKind,
         id: &str,
     ) -> Result<Option<DefinitionRecord>, StoreError> {
         self.with_reader(|c| {
             Ok(c.prepare_cached(&format!(
-                "SELECT id, name, definition, version, created_at, updated_at FROM p.{table} WHERE ws = ?1 AND id = ?2"
+                "SELECT id, name, definition, version, created_at, updated_at FROM p.{} WHERE ws = ?1 AND id = ?2",
+                kind.table()
             ))?
             .query_row(params![ws.0, id], record)
             .optional()?)
         })
     }
 
-    /// Creates or replaces a computed trait: a `computed_trait_defined` event in the log. Resolves once it is
-    /// applied (values follow as profiles are evaluated).
-    pub async fn define_computed_trait(
+    /// Creates or replaces a definition: a `segment_defined` / `computed_trait_defined` event in the log.
+    /// Resolves once it is applied (memberships and values follow as profiles are evaluated).
+    pub async fn define(
         &self,
         ws: WorkspaceKey,
+        kind: DefinitionKind,
         id: &str,
         name: &str,
         definition: &str,
         now: Millis,
     ) -> Result<(), StoreError> {
         let props = json!({"id": id, "name": name, "definition": definition});
-        self.append_definition(ws, EventType::ComputedTraitDefined, id, props, now)
+        self.append_definition(ws, kind.events().0, id, props, now)
             .await
     }
 
-    pub async fn delete_computed_trait(
+    /// Deletes a definition: a `segment_deleted` / `computed_trait_deleted` event in the log.
+    pub async fn delete_definition(
         &self,
         ws: WorkspaceKey,
+        kind: DefinitionKind,
         id: &str,
         now: Millis,
     ) -> Result<(), StoreError> {
-        self.append_definition(
-            ws,
-            EventType::ComputedTraitDeleted,
-            id,
-            json!({ "id": id }),
-            now,
-        )
-        .await
-    }
-
-    /// A profile's computed trait values.
-    pub fn computed_traits(
-        &self,
-        ws: WorkspaceKey,
-        profile: &ProfileId,
-    ) -> Result<Map<String, Value>, StoreError> {
-        self.with_reader(|c| computed_traits_of(c, "p", ws, key(profile)))
-    }
-
-    /// Creates or replaces a segment: a `segment_defined` event in the log. Resolves once it is applied.
-    pub async fn define_segment(
-        &self,
-        ws: WorkspaceKey,
-        id: &str,
-        name: &str,
-        definition: &str,
-        now: Millis,
-    ) -> Result<(), StoreError> {
-        let props = json!({"id": id, "name": name, "definition": definition});
-        self.append_definition(ws, EventType::SegmentDefined, id, props, now)
-            .await
-    }
-
-    /// Deletes a segment: a `segment_deleted` event in the log. Resolves once it is applied.
-    pub async fn delete_segment(
-        &self,
-        ws: WorkspaceKey,
-        id: &str,
-        now: Millis,
-    ) -> Result<(), StoreError> {
-        self.append_definition(ws, EventType::SegmentDeleted, id, json!({ "id": id }), now)
+        self.append_definition(ws, kind.events().1, id, json!({ "id": id }), now)
             .await
     }
 
