@@ -333,11 +333,27 @@ impl Evaluator<'_, '_> {
     }
 
     fn test(&self, t: &Test, v: Option<&Value>) -> bool {
+        test_value(t, v, self.item.as_ref())
+    }
+}
+
+/// Whether `ev` is one of the events `sel` selects (its name, and every filter on its properties).
+pub fn event_matches(sel: &EventSel, ev: &PersonEvent) -> bool {
+    ev.name == sel.event
+        && sel
+            .filters
+            .iter()
+            .all(|f| test_value(&f.test, lookup(&ev.properties, &f.property), None))
+}
+
+/// The test of one value; `item` is the value `for some` is trying, if any.
+fn test_value(t: &Test, v: Option<&Value>, item: Option<&Value>) -> bool {
+    {
         let present = v.filter(|v| !v.is_null());
         match t {
             Test::IsSet => present.is_some(),
             Test::IsNotSet => present.is_none(),
-            Test::IsItem => match (present, &self.item) {
+            Test::IsItem => match (present, item) {
                 (Some(v), Some(item)) => v == item,
                 _ => false,
             },

@@ -17,9 +17,10 @@ pub mod print;
 
 pub use ast::Expr;
 pub use eval::{
-    evaluate, explain, measure, next_change, Explanation, Library, Person, PersonEvent,
+    evaluate, event_matches, explain, measure, next_change, Explanation, Library, Person,
+    PersonEvent,
 };
-pub use parse::{parse, parse_metric, ParseError};
+pub use parse::{parse, parse_duration, parse_filters, parse_metric, ParseError};
 pub use print::{print, print_metric};
 
 /// The example segments shipped with Seam: (name, definition).

@@ -48,6 +48,35 @@ pub fn parse_metric(text: &str) -> Result<Metric, ParseError> {
     }
 }
 
+/// Parses property filters alone, the part after `where` (`category = "coffee" and price > 1000`), as journeys
+/// filter the events that trigger, end or wake them.
+pub fn parse_filters(text: &str) -> Result<Vec<Filter>, ParseError> {
+    let mut p = Parser::new(text)?;
+    let mut filters = Vec::new();
+    loop {
+        let property = p.path("an event property")?;
+        let test = p.test(false)?;
+        filters.push(Filter { property, test });
+        if !p.eat_word("and") {
+            break;
+        }
+    }
+    match p.peek() {
+        Tok::End => Ok(filters),
+        _ => Err(p.error("expected `and` and another property test, or the end of the filter")),
+    }
+}
+
+/// Parses a duration alone (`20 minutes`, `3 hours`, `1 day`), as journeys write their waits.
+pub fn parse_duration(text: &str) -> Result<Duration, ParseError> {
+    let mut p = Parser::new(text)?;
+    let d = p.duration("a duration")?;
+    match p.peek() {
+        Tok::End => Ok(d),
+        _ => Err(p.error("expected the end of the duration")),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Word(String),

@@ -733,3 +733,35 @@ mod computed {
             .contains("end of the measure"));
     }
 }
+
+#[test]
+fn filters_and_durations_parse_alone_for_journeys() {
+    let filters = crate::parse_filters(r#"category = "coffee" and price > 1000"#).unwrap();
+    let sel = crate::ast::EventSel {
+        event: "Product Added".into(),
+        filters,
+    };
+    let ev = |category: &str, price: i64| crate::PersonEvent {
+        name: "Product Added".into(),
+        at: 0,
+        properties: serde_json::json!({"category": category, "price": price})
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
+    assert!(crate::event_matches(&sel, &ev("coffee", 1500)));
+    assert!(!crate::event_matches(&sel, &ev("coffee", 500)));
+    assert!(!crate::event_matches(&sel, &ev("tea", 1500)));
+    let e = crate::parse_filters("category = ").unwrap_err();
+    assert_eq!((e.line, e.column), (1, 12));
+    assert!(
+        crate::parse_filters("product_id = item").is_err(),
+        "no `for some` here"
+    );
+    assert_eq!(
+        crate::parse_duration("3 hours").unwrap().millis(),
+        3 * 3_600_000
+    );
+    assert!(crate::parse_duration("3 fortnights").is_err());
+    assert!(crate::parse_duration("3 hours later").is_err());
+}

@@ -42,6 +42,15 @@ pub enum Command {
         #[command(flatten)]
         data: DataArg,
     },
+    /// Run a scripted scenario (profiles, events at virtual times, journeys, templates) on a virtual clock and
+    /// print the timeline of decisions and messages. Examples: scenarios/*.yaml; format: docs/journeys.md.
+    Simulate {
+        /// The scenario file (YAML or JSON).
+        scenario: PathBuf,
+        /// Print the report as JSON: {"timeline", "messages", "stats"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that drive a real server with generated shop traffic.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -31,10 +31,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(events = n, "projections rebuilt from the event log");
             Ok(())
         }
+        Command::Simulate { scenario, json } => simulate(&scenario, json),
         Command::Bench(BenchCommand::Ingest(args)) => {
             runtime()?.block_on(crate::bench::ingest(args))
         }
     }
+}
+
+/// Runs a scenario and writes its report to standard output; a scenario that does not check out is refused
+/// with every problem named.
+fn simulate(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the scenario {}", path.display()))?;
+    let report = seam_journeys::simulate::simulate(&text).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        anyhow::anyhow!(
+            "{} is not a valid scenario:\n{}",
+            path.display(),
+            list.join("\n")
+        )
+    })?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(out, "{}", report.to_text())?;
+    }
+    Ok(())
 }
 
 fn data_dir(config: &Config, arg: DataArg) -> PathBuf {

@@ -86,7 +86,54 @@ fn bad_configuration_is_refused_with_the_key_named() {
 fn help_lists_every_command() {
     let out = seam().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["init", "serve", "rebuild", "bench"] {
+    for cmd in ["init", "serve", "rebuild", "simulate", "bench"] {
         assert!(text.contains(cmd), "{text}");
     }
+}
+
+#[test]
+fn simulate_prints_the_timeline_of_a_shipped_scenario_and_refuses_a_broken_one() {
+    let scenarios = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
+    let out = seam()
+        .args(["simulate"])
+        .arg(scenarios.join("abandoned-cart.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("2026-11-24 10:20  unread")
+                && l.contains("send")
+                && l.contains("viber (remind): Anna, your promo code CART10")),
+        "{text}"
+    );
+    assert!(
+        text.contains("abandoned-cart: entered 11, converted 4"),
+        "{text}"
+    );
+
+    let json = seam()
+        .args(["simulate", "--json"])
+        .arg(scenarios.join("reach-everyone-once.yaml"))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["messages"].as_array().unwrap().len(), 6);
+    assert_eq!(report["messages"][0]["at"], "2026-11-24T10:00:00.000Z");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "start: 2026-11-23T08:00:00Z\njourneys:\n  - id: j\n    trigger: { event: X }\n    start: a\n    nodes:\n      a: { type: send, channel: email, template: missing }\n",
+    )
+    .unwrap();
+    let out = seam().arg("simulate").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("journeys[0].nodes.a.template: there is no template named `missing`"),
+        "{err}"
+    );
 }
