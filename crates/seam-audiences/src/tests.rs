@@ -737,7 +737,7 @@ mod computed {
 #[test]
 fn filters_and_durations_parse_alone_for_journeys() {
     let filters = crate::parse_filters(r#"category = "coffee" and price > 1000"#).unwrap();
-    let sel = crate::ast::EventSel {
+    let sel = EventSel {
         event: "Product Added".into(),
         filters,
     };

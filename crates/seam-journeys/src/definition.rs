@@ -61,9 +61,29 @@ pub struct TriggerSpec {
     /// A campaign: everyone in `segment` (or everyone) at `at`, and again `every` after that if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleSpec>,
+    /// A date trait: a birthday every year, three days after `signed_up_at`, at a local time of day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<DateTriggerSpec>,
     /// Runs start by an API call only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub api: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DateTriggerSpec {
+    /// The trait holding a date (`YYYY-MM-DD`) or a time (RFC 3339); a dotted path reaches into objects.
+    #[serde(rename = "trait")]
+    pub trait_name: String,
+    /// Local time of day in the person's zone (default 10:00).
+    #[serde(default)]
+    pub at: Option<String>,
+    /// Added to the date and time (`3 days` after sign-up).
+    #[serde(default)]
+    pub offset: Option<String>,
+    /// Every year on the date's month and day (birthdays), rather than once.
+    #[serde(default)]
+    pub yearly: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,6 +311,12 @@ pub enum Trigger {
         at: Millis,
         segment: Option<String>,
         every: Option<Millis>,
+    },
+    Date {
+        path: Vec<String>,
+        minute: u16,
+        offset: Millis,
+        yearly: bool,
     },
     Api,
 }
@@ -601,6 +627,7 @@ fn trigger(c: &mut Checker<'_>, t: &TriggerSpec) -> Trigger {
         t.segment_entered.is_some(),
         t.segment_exited.is_some(),
         t.schedule.is_some(),
+        t.date.is_some(),
         t.api,
     ]
     .iter()
@@ -609,7 +636,7 @@ fn trigger(c: &mut Checker<'_>, t: &TriggerSpec) -> Trigger {
     if set != 1 {
         c.problem(
             "trigger",
-            "name exactly one trigger: `event`, `segment_entered`, `segment_exited`, `schedule` or `api: true`",
+            "name exactly one trigger: `event`, `segment_entered`, `segment_exited`, `schedule`, `date` or `api: true`",
         );
         return Trigger::Api;
     }
@@ -649,6 +676,28 @@ fn trigger(c: &mut Checker<'_>, t: &TriggerSpec) -> Trigger {
             at,
             segment: s.segment.clone(),
             every,
+        };
+    }
+    if let Some(d) = &t.date {
+        if d.trait_name.trim().is_empty() {
+            c.problem("trigger.date.trait", "name the trait that holds the date");
+        }
+        let minute = match &d.at {
+            None => 600,
+            Some(at) => local::parse_time_of_day(at).unwrap_or_else(|e| {
+                c.problem("trigger.date.at", e);
+                0
+            }),
+        };
+        let offset = d
+            .offset
+            .as_ref()
+            .map_or(0, |o| c.duration("trigger.date.offset", o));
+        return Trigger::Date {
+            path: d.trait_name.split('.').map(str::to_owned).collect(),
+            minute,
+            offset,
+            yearly: d.yearly,
         };
     }
     Trigger::Api

@@ -60,10 +60,46 @@ pub fn next_time_of_day(at: Millis, tz: &TimeZone, minute: u16) -> Millis {
     at
 }
 
-/// The local date at `at` as (month, day), for yearly dates such as birthdays.
-pub fn month_day(at: Millis, tz: &TimeZone) -> (i8, i8) {
-    let d: civil::Date = zoned(at, tz).date();
-    (d.month(), d.day())
+/// A date trait's value as a local date: `YYYY-MM-DD`, or an RFC 3339 time read in the person's zone.
+pub fn date_of(value: &str, tz: &TimeZone) -> Option<civil::Date> {
+    if let Ok(d) = value.trim().parse::<civil::Date>() {
+        return Some(d);
+    }
+    let ms = seam_core::clock::parse_rfc3339(value)?;
+    Some(zoned(ms, tz).date())
+}
+
+/// When a date trigger next fires at or after `after`: on `date` (every year on its month and day when
+/// `yearly`; 29 February on the 28th in other years) at local time `minute`, plus `offset`.
+pub fn next_date_time(
+    date: civil::Date,
+    yearly: bool,
+    minute: u16,
+    offset: Millis,
+    tz: &TimeZone,
+    after: Millis,
+) -> Option<Millis> {
+    let at = |d: civil::Date| -> Option<Millis> {
+        let local = d.at((minute / 60) as i8, (minute % 60) as i8, 0, 0);
+        Some(
+            local
+                .to_zoned(tz.clone())
+                .ok()?
+                .timestamp()
+                .as_millisecond()
+                + offset,
+        )
+    };
+    if !yearly {
+        return at(date).filter(|t| *t >= after);
+    }
+    let year = zoned(after - offset, tz).year();
+    (year - 1..=year + 1).find_map(|y| {
+        let day = date
+            .day()
+            .min(civil::Date::new(y, date.month(), 1).ok()?.days_in_month());
+        at(civil::Date::new(y, date.month(), day).ok()?).filter(|t| *t >= after)
+    })
 }
 
 #[cfg(test)]
@@ -93,6 +129,31 @@ mod tests {
             "at the time itself"
         );
         assert!(zone("Mars/Olympus").is_err());
+    }
+
+    #[test]
+    fn date_triggers_fire_yearly_or_once_at_the_local_time_plus_the_offset() {
+        let moscow = zone("Europe/Moscow").unwrap();
+        let birthday = date_of("1990-02-29", &moscow);
+        assert_eq!(birthday, None, "1990 had no 29 February");
+        let birthday = date_of("1992-02-29", &moscow).unwrap();
+        let after = parse_rfc3339("2026-11-23T00:00:00Z").unwrap();
+        // 28 February 2027 (not a leap year), 10:00 Moscow.
+        assert_eq!(
+            next_date_time(birthday, true, 600, 0, &moscow, after),
+            Some(parse_rfc3339("2027-02-28T07:00:00Z").unwrap())
+        );
+        let signed_up = date_of("2026-11-20T21:30:00Z", &moscow).unwrap(); // 00:30 on the 21st in Moscow
+        let three_days = 3 * 86_400_000;
+        assert_eq!(
+            next_date_time(signed_up, false, 600, three_days, &moscow, after),
+            Some(parse_rfc3339("2026-11-24T07:00:00Z").unwrap())
+        );
+        assert_eq!(
+            next_date_time(signed_up, false, 600, 0, &moscow, after),
+            None,
+            "in the past"
+        );
     }
 
     #[test]

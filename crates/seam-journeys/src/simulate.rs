@@ -210,6 +210,8 @@ pub struct World {
     entries: BTreeMap<String, Vec<Millis>>,
     /// Next firing of each scheduled journey.
     schedules: BTreeMap<String, Millis>,
+    /// Next firing of each date-triggered journey for each person: (journey, profile) → time.
+    dates: BTreeMap<(String, String), Millis>,
     script: Vec<(Millis, StepSpec)>,
     next_step: usize,
     timeline: Vec<Line>,
@@ -440,6 +442,7 @@ impl World {
             sent: BTreeMap::new(),
             entries: BTreeMap::new(),
             schedules,
+            dates: BTreeMap::new(),
             script,
             next_step: 0,
             timeline: vec![],
@@ -449,6 +452,7 @@ impl World {
         let ids: Vec<String> = world.people.keys().cloned().collect();
         for id in ids {
             world.refresh_segments(&id);
+            world.plan_dates(&id, start);
         }
         Ok(world)
     }
@@ -515,8 +519,42 @@ impl World {
         let runs = self.runs.iter().filter_map(Run::wake_at);
         let segs = self.people.values().filter_map(|p| p.segment_wake);
         let sched = self.schedules.values().copied();
+        let dates = self.dates.values().copied();
         let script = self.script.get(self.next_step).map(|(at, _)| *at);
-        runs.chain(segs).chain(sched).chain(script).min()
+        runs.chain(segs)
+            .chain(sched)
+            .chain(dates)
+            .chain(script)
+            .min()
+    }
+
+    /// When the person's date-triggered journeys next fire, from `from` on.
+    fn plan_dates(&mut self, profile: &str, from: Millis) {
+        let p = &self.people[profile];
+        for j in &self.journeys {
+            let Trigger::Date {
+                path,
+                minute,
+                offset,
+                yearly,
+            } = &j.trigger
+            else {
+                continue;
+            };
+            let key = (j.id.clone(), profile.to_owned());
+            let mut v = p.traits.get(&path[0]);
+            for part in &path[1..] {
+                v = v.and_then(|x| x.get(part));
+            }
+            let next = v
+                .and_then(Value::as_str)
+                .and_then(|s| local::date_of(s, &p.zone))
+                .and_then(|d| local::next_date_time(d, *yearly, *minute, *offset, &p.zone, from));
+            match next {
+                Some(t) => self.dates.insert(key, t),
+                None => self.dates.remove(&key),
+            };
+        }
     }
 
     fn fire_due(&mut self) {
@@ -551,6 +589,17 @@ impl World {
         for id in due {
             self.fire_schedule(&id);
         }
+        let due: Vec<(String, String)> = self
+            .dates
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (journey, profile) in due {
+            self.dates.remove(&(journey.clone(), profile.clone()));
+            self.try_enter(&journey, &profile, None, "on its date");
+            self.plan_dates(&profile, now + 1);
+        }
         if let Some((at, _)) = self.script.get(self.next_step) {
             if *at <= now && self.next_due_timer().is_none_or(|t| t > now) {
                 let (_, step) = self.script[self.next_step].clone();
@@ -563,8 +612,10 @@ impl World {
     fn next_due_timer(&self) -> Option<Millis> {
         let runs = self.runs.iter().filter_map(Run::wake_at);
         let segs = self.people.values().filter_map(|p| p.segment_wake);
+        let dates = self.dates.values().copied();
         runs.chain(segs)
             .chain(self.schedules.values().copied())
+            .chain(dates)
             .min()
     }
 
@@ -647,6 +698,7 @@ impl World {
             for (k, v) in traits {
                 p.traits.insert(k, v);
             }
+            self.plan_dates(profile, self.now);
         }
     }
 

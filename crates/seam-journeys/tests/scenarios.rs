@@ -579,3 +579,40 @@ script:
         }
     }
 }
+
+#[test]
+fn date_triggers_fire_on_birthdays_and_days_after_a_trait_in_the_persons_zone() {
+    let r = run(r#"
+start: 2026-11-23T00:00:00Z
+run_for: 10 days
+timezone: Europe/Moscow
+templates: [ { id: t, variants: { email: { subject: "Happy birthday", body: b } } } ]
+profiles:
+  - { id: a, identities: { email: a@example.com }, traits: { birthday: "1990-11-25", signed_up_at: "2026-11-22T15:00:00Z", consent: { email: true } } }
+  - { id: b, identities: { email: b@example.com }, traits: { consent: { email: true } } }
+journeys:
+  - id: birthday
+    trigger: { date: { trait: birthday, at: "09:00", yearly: true } }
+    reentry: after_exit
+    start: m
+    nodes: { m: { type: send, channel: email, template: t } }
+  - id: day-three
+    trigger: { date: { trait: signed_up_at, offset: 3 days } }
+    start: m
+    nodes: { m: { type: send, channel: email, template: t } }
+script:
+  - { at: "+1 day", profile: b, identify: { birthday: "2000-11-30" } }
+"#);
+    let at = "2026-11-23T00:00:00Z";
+    // 25 November 09:00 Moscow = 06:00 UTC; sign-up on the 22nd + 3 days at 10:00 Moscow = 25th 07:00 UTC.
+    assert_eq!(
+        sends(&r, at, "a"),
+        s(&[
+            ("email", 2 * 24 * 60 + 6 * 60),
+            ("email", 2 * 24 * 60 + 7 * 60)
+        ])
+    );
+    // A birthday learned later still fires.
+    assert_eq!(sends(&r, at, "b"), s(&[("email", 7 * 24 * 60 + 6 * 60)]));
+    assert_eq!(lines(&r, "a", "entered")[0], "on its date");
+}
