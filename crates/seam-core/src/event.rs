@@ -31,6 +31,16 @@ pub enum EventType {
     ComputedTraitDefined,
     /// A computed trait was deleted (system event).
     ComputedTraitDeleted,
+    /// A message template was saved; its properties hold the definition (system event).
+    TemplateDefined,
+    /// A message template was deleted (system event).
+    TemplateDeleted,
+    /// A journey was saved; its properties hold the definition (system event).
+    JourneyDefined,
+    /// A journey was deleted (system event).
+    JourneyDeleted,
+    /// A journey was activated or paused (system event).
+    JourneyStatus,
 }
 
 impl EventType {
@@ -50,6 +60,11 @@ impl EventType {
             Self::SegmentExited => "segment_exited",
             Self::ComputedTraitDefined => "computed_trait_defined",
             Self::ComputedTraitDeleted => "computed_trait_deleted",
+            Self::TemplateDefined => "template_defined",
+            Self::TemplateDeleted => "template_deleted",
+            Self::JourneyDefined => "journey_defined",
+            Self::JourneyDeleted => "journey_deleted",
+            Self::JourneyStatus => "journey_status",
         }
     }
 
@@ -62,7 +77,12 @@ impl EventType {
             | Self::SegmentEntered
             | Self::SegmentExited
             | Self::ComputedTraitDefined
-            | Self::ComputedTraitDeleted => EventKind::System,
+            | Self::ComputedTraitDeleted
+            | Self::TemplateDefined
+            | Self::TemplateDeleted
+            | Self::JourneyDefined
+            | Self::JourneyDeleted
+            | Self::JourneyStatus => EventKind::System,
             _ => EventKind::Received,
         }
     }
@@ -83,6 +103,11 @@ impl EventType {
             "segment_exited" => Self::SegmentExited,
             "computed_trait_defined" => Self::ComputedTraitDefined,
             "computed_trait_deleted" => Self::ComputedTraitDeleted,
+            "template_defined" => Self::TemplateDefined,
+            "template_deleted" => Self::TemplateDeleted,
+            "journey_defined" => Self::JourneyDefined,
+            "journey_deleted" => Self::JourneyDeleted,
+            "journey_status" => Self::JourneyStatus,
             _ => return None,
         })
     }

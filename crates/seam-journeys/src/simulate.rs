@@ -1054,7 +1054,7 @@ impl World {
             |t| json!({"name": t.name, "properties": t.properties}),
         );
         let ctx = template::context(
-            json!({"id": m.profile, "traits": p.traits, "segments": p.segments}),
+            json!({"id": m.profile, "traits": p.traits, "computed": {}, "segments": p.segments}),
             event,
             json!({"channel": m.channel.as_str(), "journey": m.journey, "id": m.key}),
         );

@@ -12,6 +12,7 @@ mod auth;
 mod collect;
 mod computed;
 pub mod error;
+mod journeys;
 pub mod metrics;
 mod profiles;
 mod segments;
@@ -94,6 +95,30 @@ pub fn router(state: AppState) -> Router {
             "/v1/segments/{id}/explain/{reference}",
             get(segments::explain_for),
         )
+        .route("/v1/templates", get(journeys::list_templates))
+        .route(
+            "/v1/templates/{id}",
+            get(journeys::get_template)
+                .put(journeys::put_template)
+                .delete(journeys::delete_template),
+        )
+        .route(
+            "/v1/templates/{id}/preview",
+            post(journeys::preview_template),
+        )
+        .route("/v1/journeys", get(journeys::list_journeys))
+        .route("/v1/journeys/validate", post(journeys::validate_journey))
+        .route(
+            "/v1/journeys/{id}",
+            get(journeys::get_journey)
+                .put(journeys::put_journey)
+                .delete(journeys::delete_journey),
+        )
+        .route(
+            "/v1/journeys/{id}/activate",
+            post(journeys::activate_journey),
+        )
+        .route("/v1/journeys/{id}/pause", post(journeys::pause_journey))
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))

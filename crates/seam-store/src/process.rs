@@ -132,6 +132,45 @@ fn define(conn: &Connection, table: &str, ws: i64, event: &Event) -> Result<(), 
     Ok(())
 }
 
+/// A template or journey saved, deleted, activated or paused.
+fn apply_journey_definition(conn: &Connection, ws: i64, event: &Event) -> Result<(), StoreError> {
+    let field = |k: &str| {
+        event
+            .properties
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let id = field("id");
+    match event.kind {
+        EventType::TemplateDefined => define(conn, "templates", ws, event)?,
+        EventType::TemplateDeleted => {
+            conn.prepare_cached("DELETE FROM templates WHERE ws = ?1 AND id = ?2")?
+                .execute(params![ws, id])?;
+        }
+        EventType::JourneyDefined => {
+            define(conn, "journeys", ws, event)?;
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO journey_versions (ws, id, version, definition)
+                 SELECT ws, id, version, definition FROM journeys WHERE ws = ?1 AND id = ?2",
+            )?
+            .execute(params![ws, id])?;
+        }
+        EventType::JourneyDeleted => {
+            conn.prepare_cached("DELETE FROM journeys WHERE ws = ?1 AND id = ?2")?
+                .execute(params![ws, id])?;
+        }
+        _ => {
+            conn.prepare_cached(
+                "UPDATE journeys SET status = ?3, updated_at = ?4 WHERE ws = ?1 AND id = ?2",
+            )?
+            .execute(params![ws, id, field("status"), event.timestamp])?;
+        }
+    }
+    Ok(())
+}
+
 /// Puts the event at `seq` on a profile's timeline (a replay finds it there already).
 fn on_timeline(
     conn: &Connection,
@@ -265,6 +304,11 @@ impl Processor {
         event: &Event,
     ) -> Result<(), StoreError> {
         match event.kind {
+            EventType::TemplateDefined
+            | EventType::TemplateDeleted
+            | EventType::JourneyDefined
+            | EventType::JourneyDeleted
+            | EventType::JourneyStatus => return apply_journey_definition(conn, ws, event),
             EventType::SegmentDefined
             | EventType::SegmentDeleted
             | EventType::ComputedTraitDefined

@@ -166,6 +166,43 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     ) WITHOUT ROWID;
     "#,
     ),
+    (
+        5,
+        r#"
+    -- Message templates and journeys, from template_* / journey_* events in the log. `definition` is the
+    -- definition as JSON.
+    CREATE TABLE templates (
+        ws INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (ws, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE journeys (
+        ws INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        -- draft (saved, never activated), active, paused
+        status TEXT NOT NULL DEFAULT 'draft',
+        PRIMARY KEY (ws, id)
+    ) WITHOUT ROWID;
+    -- Every version of every journey: runs in flight finish on the version they started on.
+    CREATE TABLE journey_versions (
+        ws INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        definition TEXT NOT NULL,
+        PRIMARY KEY (ws, id, version)
+    ) WITHOUT ROWID;
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.
@@ -179,6 +216,9 @@ pub const PROJECTION_TABLES: &[&str] = &[
     "memberships",
     "computed_trait_defs",
     "computed_traits",
+    "templates",
+    "journeys",
+    "journey_versions",
 ];
 
 /// Scheduling tables of projections.db: emptied by a rebuild, not compared (they depend on when things ran).

@@ -15,7 +15,7 @@ use crate::process::key;
 use crate::read::{identities_of, state_of};
 use crate::{LogRow, Store, StoreError, WorkspaceKey};
 
-/// A stored segment or computed trait definition (the definition in canonical text).
+/// A stored definition: a segment or computed trait (in canonical text), a template or a journey (as JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DefinitionRecord {
     pub id: String,
@@ -24,6 +24,9 @@ pub struct DefinitionRecord {
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// A journey's `draft`, `active` or `paused`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// What a segment is evaluated on for one person.
@@ -39,6 +42,8 @@ pub struct PersonData {
 pub enum DefinitionKind {
     Segment,
     ComputedTrait,
+    Template,
+    Journey,
 }
 
 impl DefinitionKind {
@@ -46,6 +51,15 @@ impl DefinitionKind {
         match self {
             Self::Segment => "segments",
             Self::ComputedTrait => "computed_trait_defs",
+            Self::Template => "templates",
+            Self::Journey => "journeys",
+        }
+    }
+
+    fn columns(self) -> &'static str {
+        match self {
+            Self::Journey => "id, name, definition, version, created_at, updated_at, status",
+            _ => "id, name, definition, version, created_at, updated_at, NULL",
         }
     }
 
@@ -56,6 +70,8 @@ impl DefinitionKind {
                 EventType::ComputedTraitDefined,
                 EventType::ComputedTraitDeleted,
             ),
+            Self::Template => (EventType::TemplateDefined, EventType::TemplateDeleted),
+            Self::Journey => (EventType::JourneyDefined, EventType::JourneyDeleted),
         }
     }
 }
@@ -69,7 +85,8 @@ impl Store {
     ) -> Result<Vec<DefinitionRecord>, StoreError> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT id, name, definition, version, created_at, updated_at FROM p.{} WHERE ws = ?1 ORDER BY name, id",
+                "SELECT {} FROM p.{} WHERE ws = ?1 ORDER BY name, id",
+                kind.columns(),
                 kind.table()
             ))?;
             let rows = stmt.query_map([ws.0], record)?;
@@ -85,7 +102,8 @@ impl Store {
     ) -> Result<Option<DefinitionRecord>, StoreError> {
         self.with_reader(|c| {
             Ok(c.prepare_cached(&format!(
-                "SELECT id, name, definition, version, created_at, updated_at FROM p.{} WHERE ws = ?1 AND id = ?2",
+                "SELECT {} FROM p.{} WHERE ws = ?1 AND id = ?2",
+                kind.columns(),
                 kind.table()
             ))?
             .query_row(params![ws.0, id], record)
@@ -106,6 +124,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         let props = json!({"id": id, "name": name, "definition": definition});
         self.append_definition(ws, kind.events().0, id, props, now)
+            .await
+    }
+
+    /// Activates or pauses a journey: a `journey_status` event in the log.
+    pub async fn set_journey_status(
+        &self,
+        ws: WorkspaceKey,
+        id: &str,
+        status: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let props = json!({ "id": id, "status": status });
+        self.append_definition(ws, EventType::JourneyStatus, id, props, now)
             .await
     }
 
@@ -282,5 +313,6 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<DefinitionRecord> {
         version: r.get(3)?,
         created_at: format_rfc3339(r.get(4)?),
         updated_at: format_rfc3339(r.get(5)?),
+        status: r.get(6)?,
     })
 }

@@ -2,6 +2,7 @@
 
 mod collect;
 mod computed;
+mod journeys;
 mod membership;
 mod operations;
 mod profiles;

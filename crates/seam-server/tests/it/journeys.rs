@@ -1,0 +1,340 @@
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::{spawn_app, TestApp};
+
+impl TestApp {
+    /// Sends a raw body with a content type to a management endpoint with the secret key.
+    async fn put_text(&self, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+        self.store.caught_up().await;
+        let resp = self
+            .client
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.secret_key)
+            .header("content-type", content_type)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn cart_push() -> Value {
+    json!({
+        "name": "Cart reminder",
+        "variants": {
+            "web_push": {"title": "{{ profile.traits.first_name | default: 'You' }}, your cart", "body": "{{ event.properties.name }} is waiting"},
+            "email": {"subject": "Your cart, {{ profile.traits.first_name }}", "body": "{{ profile.computed.lifetime_spend | default: 0 }}"}
+        }
+    })
+}
+
+const JOURNEY: &str = r#"
+name: Abandoned cart
+trigger: { event: Product Added, where: 'price > 100' }
+reentry: after_exit
+goal: { event: Order Completed, within: 7 days }
+start: wait
+nodes:
+  wait: { type: wait, for: 20 minutes, next: remind }
+  remind:
+    type: cascade
+    steps:
+      - { channel: web_push, template: cart-push, within: 1 hour }
+      - { channel: email, template: cart-push }
+"#;
+
+#[tokio::test]
+async fn templates_are_checked_when_saved_versioned_and_previewed_for_a_real_profile() {
+    let app = spawn_app().await;
+    let (s, v) = app
+        .call(Method::PUT, "/v1/templates/cart-push", Some(cart_push()))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        (v["id"].as_str(), v["version"].as_i64()),
+        (Some("cart-push"), Some(1))
+    );
+    assert_eq!(
+        v["definition"]["variants"]["web_push"]["body"],
+        "{{ event.properties.name }} is waiting"
+    );
+    let (s, v) = app
+        .call(Method::PUT, "/v1/templates/cart-push", Some(cart_push()))
+        .await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(2)));
+    let (s, v) = app.get("/v1/templates").await;
+    assert_eq!((s, v["templates"].as_array().unwrap().len()), (200, 1));
+
+    // Broken templates: each problem names its part.
+    let broken = json!({"variants": {
+        "sms": {"text": "Hi {{ profle.first_name }}"},
+        "email": {"body": "{% if %}"},
+        "viber": {"text": "ok", "title": "no titles on viber"}
+    }});
+    let (s, v) = app
+        .call(Method::PUT, "/v1/templates/broken", Some(broken))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("invalid_template")),
+        "{v}"
+    );
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    for f in [
+        "variants.sms.text",
+        "variants.email.subject",
+        "variants.email.body",
+        "variants.viber.title",
+    ] {
+        assert!(fields.contains(&f), "{f} in {fields:?}");
+    }
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            "/v1/templates/x",
+            Some(json!({"id": "y", "variants": {}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["errors"][0]["field"].as_str()),
+        (400, Some("id")),
+        "{v}"
+    );
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            "/v1/templates/x",
+            Some(json!({"variants": {"pigeon": {"text": "x"}}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("pigeon"), "{v}");
+
+    // Preview with a real profile's traits and the event it would follow.
+    let body = json!({"userId": "u1", "traits": {"first_name": "Anna"}, "messageId": "i1"});
+    assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/v1/templates/cart-push/preview",
+            Some(json!({"profile": "user_id:u1", "event": {"name": "Product Added", "properties": {"name": "Kettle"}}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["variants"]["web_push"]["title"], "Anna, your cart");
+    assert_eq!(v["variants"]["web_push"]["body"], "Kettle is waiting");
+    assert_eq!(v["variants"]["email"]["body"], "0");
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/v1/templates/cart-push/preview",
+            Some(json!({"profile": "user_id:nobody"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/v1/templates/cart-push/preview",
+            Some(json!({"profile": "user_id:u1", "channel": "sms"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, v) = app.get("/v1/templates/nope").await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("template_not_found")));
+}
+
+#[tokio::test]
+async fn journeys_are_validated_saved_as_drafts_versioned_activated_and_paused() {
+    let app = spawn_app().await;
+    // Before the template exists, the journey names it as the problem, in YAML as in JSON.
+    let (s, v) = app
+        .put_text("/v1/journeys/abandoned-cart", "application/yaml", JOURNEY)
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("invalid_journey")),
+        "{v}"
+    );
+    assert_eq!(v["errors"][0]["field"], "nodes.remind.steps[0].template");
+    assert_eq!(
+        v["errors"][0]["reason"],
+        "there is no template named `cart-push`"
+    );
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/v1/journeys/validate",
+            Some(json!({
+                "id": "j", "trigger": {"segment_entered": "Ghosts"}, "start": "a",
+                "nodes": {"a": {"type": "wait", "for": "3 fortnights"}, "b": {"type": "exit"}}
+            })),
+        )
+        .await;
+    assert_eq!((s, v["valid"].as_bool()), (200, Some(false)), "{v}");
+    let fields: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["trigger.segment_entered", "nodes.a.for"], "{v}");
+
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/cart-push", Some(cart_push()))
+            .await
+            .0,
+        201
+    );
+    let (s, v) = app
+        .put_text("/v1/journeys/abandoned-cart", "application/yaml", JOURNEY)
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        (v["status"].as_str(), v["version"].as_i64()),
+        (Some("draft"), Some(1))
+    );
+    assert_eq!(
+        v["definition"]["nodes"]["remind"]["steps"][1]["channel"],
+        "email"
+    );
+    let (s, v) = app
+        .put_text("/v1/journeys/abandoned-cart", "application/yaml", JOURNEY)
+        .await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(2)));
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/v1/journeys/validate",
+            Some(v["definition"].clone()),
+        )
+        .await;
+    assert_eq!((s, v["valid"].as_bool()), (200, Some(true)), "{v}");
+
+    let (s, v) = app
+        .call(Method::POST, "/v1/journeys/abandoned-cart/activate", None)
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("active")), "{v}");
+    let (s, v) = app
+        .call(Method::DELETE, "/v1/templates/cart-push", None)
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("template_in_use")),
+        "{v}"
+    );
+    let (s, v) = app
+        .call(Method::DELETE, "/v1/journeys/abandoned-cart", None)
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("journey_active")),
+        "{v}"
+    );
+    let (s, v) = app
+        .call(Method::POST, "/v1/journeys/abandoned-cart/pause", None)
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("paused")), "{v}");
+    let (s, v) = app.get("/v1/journeys").await;
+    assert_eq!(
+        (s, v["journeys"][0]["status"].as_str()),
+        (200, Some("paused"))
+    );
+    assert_eq!(
+        app.call(Method::DELETE, "/v1/journeys/abandoned-cart", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(app.get("/v1/journeys/abandoned-cart").await.0, 404);
+    assert_eq!(
+        app.call(Method::DELETE, "/v1/templates/cart-push", None)
+            .await
+            .0,
+        204
+    );
+
+    // Bad bodies: the wrong media type, the wrong id, YAML that does not parse, a write key.
+    let (s, v) = app.put_text("/v1/journeys/j", "text/plain", JOURNEY).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let (s, v) = app
+        .put_text(
+            "/v1/journeys/j",
+            "application/yaml",
+            &format!("id: other\n{JOURNEY}"),
+        )
+        .await;
+    assert_eq!(
+        (s, v["errors"][0]["field"].as_str()),
+        (400, Some("id")),
+        "{v}"
+    );
+    let (s, v) = app
+        .put_text("/v1/journeys/j", "application/yaml", "nodes: [unclosed")
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["errors"][0]["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("line "),
+        "{v}"
+    );
+    let resp = app
+        .client
+        .get(format!("{}/v1/journeys", app.base))
+        .bearer_auth(&app.write_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/nope/activate", None)
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn templates_and_journeys_come_back_from_the_log_in_a_rebuild() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/cart-push", Some(cart_push()))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.put_text("/v1/journeys/j", "application/yaml", JOURNEY)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/j/activate", None)
+            .await
+            .0,
+        200
+    );
+    app.store.caught_up().await;
+    app.store.shutdown();
+    let live = seam_store::dump_projections(&app.data_dir()).unwrap();
+    assert!(live.contains("## journey_versions\n"), "{live}");
+    seam_store::rebuild(&app.data_dir()).unwrap();
+    assert!(
+        live == seam_store::dump_projections(&app.data_dir()).unwrap(),
+        "templates, journeys, their versions and status are projections of the log"
+    );
+}
