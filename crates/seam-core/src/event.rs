@@ -41,6 +41,10 @@ pub enum EventType {
     JourneyDeleted,
     /// A journey was activated or paused (system event).
     JourneyStatus,
+    /// A run of a journey was asked for by the API (system event).
+    JourneyEnter,
+    /// A journey run moved: its new state and what it did (system event).
+    JourneyStep,
 }
 
 impl EventType {
@@ -65,6 +69,8 @@ impl EventType {
             Self::JourneyDefined => "journey_defined",
             Self::JourneyDeleted => "journey_deleted",
             Self::JourneyStatus => "journey_status",
+            Self::JourneyEnter => "journey_enter",
+            Self::JourneyStep => "journey_step",
         }
     }
 
@@ -82,7 +88,9 @@ impl EventType {
             | Self::TemplateDeleted
             | Self::JourneyDefined
             | Self::JourneyDeleted
-            | Self::JourneyStatus => EventKind::System,
+            | Self::JourneyStatus
+            | Self::JourneyEnter
+            | Self::JourneyStep => EventKind::System,
             _ => EventKind::Received,
         }
     }
@@ -108,6 +116,8 @@ impl EventType {
             "journey_defined" => Self::JourneyDefined,
             "journey_deleted" => Self::JourneyDeleted,
             "journey_status" => Self::JourneyStatus,
+            "journey_enter" => Self::JourneyEnter,
+            "journey_step" => Self::JourneyStep,
             _ => return None,
         })
     }

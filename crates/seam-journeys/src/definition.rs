@@ -454,6 +454,18 @@ impl Journey {
         })
     }
 
+    /// Whether `ev` starts a run: the trigger event (with its filter), or entering or leaving the segment
+    /// (`Segment Entered` / `Segment Exited` with the segment's name in `segment`).
+    pub fn triggered_by(&self, ev: &PersonEvent) -> bool {
+        let segment = || ev.properties.get("segment").and_then(Value::as_str);
+        match &self.trigger {
+            Trigger::Event(sel) => seam_audiences::event_matches(sel, ev),
+            Trigger::SegmentEntered(s) => ev.name == "Segment Entered" && segment() == Some(s),
+            Trigger::SegmentExited(s) => ev.name == "Segment Exited" && segment() == Some(s),
+            _ => false,
+        }
+    }
+
     pub fn node_index(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
     }

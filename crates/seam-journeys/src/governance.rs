@@ -230,6 +230,26 @@ pub fn address(identities: &[(String, String)], channel: Channel) -> Option<Stri
     })
 }
 
+/// The items an `Order Completed` event bought: `products[].product_id`, or `product_id`.
+pub fn bought_items(props: &Map<String, Value>) -> Vec<String> {
+    let id = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let mut out: Vec<String> = props
+        .get("products")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.get("product_id").and_then(id))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.extend(props.get("product_id").and_then(id));
+    out
+}
+
 /// Marketing consent: `consent.<channel>` is `true`, or an object of topics in which the message's topic (or,
 /// without one, `marketing`) is `true`. An explicit `false` anywhere on the way refuses.
 pub fn consents(traits: &Map<String, Value>, channel: Channel, topic: Option<&str>) -> bool {
@@ -297,7 +317,7 @@ mod tests {
             excluded_by: None,
         };
         let req = Request {
-            key: "run-1/1/x",
+            key: "run-1:1:x",
             channel,
             category,
             topic: Some("promo"),

@@ -603,7 +603,7 @@ fn propose(
 
 /// The idempotency key of the run's message on `channel` at its current step.
 fn message_key(run: &Run, channel: Channel) -> String {
-    format!("{}/{}/{}", run.id, run.step, channel)
+    format!("{}:{}:{}", run.id, run.step, channel)
 }
 
 /// The item a message offers: the trigger event's property named by `offer`.
@@ -624,6 +624,57 @@ pub fn stable_bucket(run: &str, node: &str) -> u32 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     (h % 10_000) as u32
+}
+
+/// The journey whose active run of the person excludes `j` (same group, higher priority), if any. `others` are
+/// the person's runs of other journeys with their journeys.
+pub fn excluder<'a>(
+    j: &Journey,
+    others: impl IntoIterator<Item = (&'a Journey, &'a Run)>,
+) -> Option<String> {
+    let group = j.group.as_ref()?;
+    others
+        .into_iter()
+        .find(|(o, r)| {
+            r.is_active()
+                && o.id != j.id
+                && o.group.as_ref() == Some(group)
+                && o.priority > j.priority
+        })
+        .map(|(o, _)| o.id.clone())
+}
+
+/// Whether the person may enter `j` at `now`: re-entry policy, the entry cap (`recent_entries`: entries of all
+/// people in the cap's period) and exclusion by group. `Ok` names the runs (of lower-priority journeys of the
+/// same group) the new run preempts.
+pub fn admit<'a>(
+    j: &Journey,
+    own: &[&Run],
+    others: impl IntoIterator<Item = (&'a Journey, &'a Run)>,
+    recent_entries: usize,
+    now: Millis,
+) -> Result<Vec<String>, String> {
+    if let Some(refusal) = reentry_refusal(j, own, now) {
+        return Err(refusal.to_owned());
+    }
+    if let Some((max, _)) = j.entry_cap {
+        if recent_entries >= max as usize {
+            return Err("the journey's entry cap is reached".into());
+        }
+    }
+    let mut preempt = vec![];
+    if let Some(g) = &j.group {
+        for (o, r) in others {
+            if !r.is_active() || o.id == j.id || o.group.as_ref() != Some(g) {
+                continue;
+            }
+            if o.priority >= j.priority {
+                return Err(format!("in journey `{}`, which excludes this one", o.id));
+            }
+            preempt.push(r.id.clone());
+        }
+    }
+    Ok(preempt)
 }
 
 /// Whether a person with these runs of `j` may enter it again at `now`.

@@ -627,17 +627,21 @@ impl World {
             .expect("a run's journey exists")
     }
 
+    /// The person's runs of other journeys, with their journeys.
+    fn others<'w>(
+        &'w self,
+        profile: &'w str,
+        j: &'w Journey,
+    ) -> impl Iterator<Item = (&'w Journey, &'w Run)> + 'w {
+        self.runs
+            .iter()
+            .filter(move |r| r.profile == profile && r.journey != j.id)
+            .filter_map(|r| Some((self.journeys.iter().find(|x| x.id == r.journey)?, r)))
+    }
+
     fn env<'w>(&'w self, profile: &str, j: &Journey) -> SimEnv<'w> {
         let person = &self.people[profile];
-        // An active run of a journey of the same group with a higher priority excludes this one.
-        let excluded_by = j.group.as_ref().and_then(|g| {
-            self.runs
-                .iter()
-                .filter(|r| r.is_active() && r.profile == profile && r.journey != j.id)
-                .filter_map(|r| self.journeys.iter().find(|x| x.id == r.journey))
-                .find(|x| x.group.as_ref() == Some(g) && x.priority > j.priority)
-                .map(|x| x.id.clone())
-        });
+        let excluded_by = run::excluder(j, self.others(profile, j));
         SimEnv {
             now: self.now,
             person,
@@ -713,8 +717,11 @@ impl World {
         {
             let p = self.people.get_mut(profile).expect("validated profile");
             if ev.name == "Order Completed" {
-                p.bought
-                    .extend(bought_items(&ev.properties).into_iter().map(|i| (ev.at, i)));
+                p.bought.extend(
+                    governance::bought_items(&ev.properties)
+                        .into_iter()
+                        .map(|i| (ev.at, i)),
+                );
             }
             p.events.push(ev.clone());
         }
@@ -740,16 +747,7 @@ impl World {
         let triggered: Vec<String> = self
             .journeys
             .iter()
-            .filter(|j| match &j.trigger {
-                Trigger::Event(sel) => seam_audiences::event_matches(sel, &ev),
-                Trigger::SegmentEntered(s) => {
-                    ev.name == "Segment Entered" && ev.properties.get("segment") == Some(&json!(s))
-                }
-                Trigger::SegmentExited(s) => {
-                    ev.name == "Segment Exited" && ev.properties.get("segment") == Some(&json!(s))
-                }
-                _ => false,
-            })
+            .filter(|j| j.triggered_by(&ev))
             .map(|j| j.id.clone())
             .collect();
         for j in triggered {
@@ -870,46 +868,22 @@ impl World {
             .iter()
             .filter(|r| r.profile == profile && r.journey == journey)
             .collect();
-        let mut refusal = run::reentry_refusal(&j, &own, now).map(str::to_owned);
-        if refusal.is_none() {
-            if let Some((max, per)) = j.entry_cap {
-                let recent = self
-                    .entries
-                    .get(journey)
-                    .map_or(0, |e| e.iter().filter(|t| **t > now - per).count());
-                if recent >= max as usize {
-                    refusal = Some("the journey's entry cap is reached".into());
-                }
+        let recent = j.entry_cap.map_or(0, |(_, per)| {
+            self.entries
+                .get(journey)
+                .map_or(0, |e| e.iter().filter(|t| **t > now - per).count())
+        });
+        let preempt = match run::admit(&j, &own, self.others(profile, &j), recent, now) {
+            Ok(p) => p,
+            Err(reason) => {
+                self.line(profile, journey, "not_entered", reason);
+                return;
             }
-        }
-        let mut preempt = vec![];
-        if refusal.is_none() {
-            if let Some(g) = &j.group {
-                for (i, r) in self.runs.iter().enumerate() {
-                    if !r.is_active() || r.profile != profile || r.journey == journey {
-                        continue;
-                    }
-                    let Some(other) = self.journeys.iter().find(|x| x.id == r.journey) else {
-                        continue;
-                    };
-                    if other.group.as_ref() != Some(g) {
-                        continue;
-                    }
-                    if other.priority >= j.priority {
-                        refusal = Some(format!(
-                            "in journey `{}`, which excludes this one",
-                            other.id
-                        ));
-                        break;
-                    }
-                    preempt.push(i);
-                }
-            }
-        }
-        if let Some(reason) = refusal {
-            self.line(profile, journey, "not_entered", reason);
-            return;
-        }
+        };
+        let preempt: Vec<usize> = preempt
+            .iter()
+            .filter_map(|id| self.runs.iter().position(|r| &r.id == id))
+            .collect();
         for i in preempt {
             let fx = run::preempt(&mut self.runs[i], journey, now);
             self.apply(i, fx);
@@ -1119,26 +1093,6 @@ fn policy(g: &GovernanceSpec, problems: &mut Vec<Problem>) -> Policy {
         quiet_hours,
         bought_window,
     }
-}
-
-/// Item ids of an order: `products[].product_id`, or `product_id`.
-fn bought_items(props: &Map<String, Value>) -> Vec<String> {
-    let id = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    };
-    let mut out: Vec<String> = props
-        .get("products")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.get("product_id").and_then(id))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.extend(props.get("product_id").and_then(id));
-    out
 }
 
 /// The headline of a message: its subject, title or text.

@@ -574,7 +574,7 @@ pub(crate) async fn activate_journey(
     set_status(&state, ws, &id, "active").await
 }
 
-/// `POST /v1/journeys/{id}/pause`: no new runs start.
+/// `POST /v1/journeys/{id}/pause`: no new runs start; runs in flight go on.
 pub(crate) async fn pause_journey(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -599,4 +599,167 @@ async fn set_status(
     Ok(Json(view(
         one(state, ws, DefinitionKind::Journey, id).await?,
     )?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnterBody {
+    /// `prof_…` or `type:value`.
+    profile: String,
+}
+
+/// `POST /v1/journeys/{id}/enter`: starts a run for a person, under the journey's entry rules.
+pub(crate) async fn enter_journey(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<EnterBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let Json(body) = body.map_err(|e| ApiError::new(400, "invalid_json", e.body_text()))?;
+    let j = one(&state, ws, DefinitionKind::Journey, &id).await?;
+    if j.status.as_deref() != Some("active") {
+        return Err(ApiError::new(
+            409,
+            "journey_not_active",
+            format!("journey {id:?} is not active"),
+        ));
+    }
+    let reference = parse_reference(&body.profile, &state)?;
+    let store = state.store.clone();
+    let profile = blocking(move || store.resolve(ws, &reference))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                404,
+                "profile_not_found",
+                format!("no profile for {:?}", body.profile),
+            )
+        })?;
+    state
+        .store
+        .request_entry(ws, &id, &profile, state.clock.now_ms())
+        .await
+        .map_err(ApiError::from_store)?;
+    let store = state.store.clone();
+    let runs: Vec<_> = blocking(move || store.runs_of(ws, &profile))
+        .await?
+        .into_iter()
+        .filter(|r| r.journey == id)
+        .collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "runs": runs }))))
+}
+
+/// `GET /v1/journeys/{id}/stats`: entered, converted, waiting, exited by reason, and per node reached, sent,
+/// held and deferred by reason.
+pub(crate) async fn journey_stats(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    one(&state, ws, DefinitionKind::Journey, &id).await?;
+    let store = state.store.clone();
+    Ok(Json(blocking(move || store.journey_stats(ws, &id)).await?))
+}
+
+/// `GET /v1/profiles/{reference}/journeys`: the person's runs and where each stands.
+pub(crate) async fn of_profile(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let r = parse_reference(&reference, &state)?;
+    let store = state.store.clone();
+    let profile = blocking(move || store.resolve(ws, &r))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                404,
+                "profile_not_found",
+                format!("no profile for {reference:?}"),
+            )
+        })?;
+    let (store, p) = (state.store.clone(), profile.clone());
+    let runs = blocking(move || store.runs_of(ws, &p)).await?;
+    Ok(Json(json!({ "profile_id": profile, "journeys": runs })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MessagesQuery {
+    journey: Option<String>,
+    profile: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/messages?journey=&profile=&limit=`: the outbox, newest first.
+pub(crate) async fn messages(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(400, "invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 1_000 {
+        return Err(ApiError::new(400, "invalid_query", "limit: from 1 to 1000"));
+    }
+    let profile = match &q.profile {
+        None => None,
+        Some(raw) => {
+            let r = parse_reference(raw, &state)?;
+            let store = state.store.clone();
+            Some(
+                blocking(move || store.resolve(ws, &r))
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::new(404, "profile_not_found", format!("no profile for {raw:?}"))
+                    })?,
+            )
+        }
+    };
+    let store = state.store.clone();
+    let list =
+        blocking(move || store.messages(ws, q.journey.as_deref(), profile.as_ref(), limit)).await?;
+    Ok(Json(json!({ "messages": list })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutcomeBody {
+    outcome: seam_journeys::Outcome,
+}
+
+/// `POST /v1/messages/{key}/outcome`: the built-in outbox channels are told what became of a message
+/// (`delivered`, `read`, `clicked`, `failed`, `bounced`); it comes back as the person's event.
+pub(crate) async fn report_outcome(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<OutcomeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(400, "invalid_body", e.body_text()).with_errors(vec![ErrorItem {
+            index: None,
+            field: "outcome".into(),
+            reason: "one of delivered, read, clicked, failed, bounced".into(),
+        }])
+    })?;
+    let found = state
+        .store
+        .report_outcome(ws, &key, body.outcome, state.clock.now_ms())
+        .await
+        .map_err(ApiError::from_store)?;
+    if !found {
+        return Err(ApiError::new(
+            404,
+            "message_not_found",
+            format!("no message has the key {key:?}"),
+        ));
+    }
+    Ok(StatusCode::ACCEPTED)
 }

@@ -119,6 +119,14 @@ pub fn router(state: AppState) -> Router {
             post(journeys::activate_journey),
         )
         .route("/v1/journeys/{id}/pause", post(journeys::pause_journey))
+        .route("/v1/journeys/{id}/enter", post(journeys::enter_journey))
+        .route("/v1/journeys/{id}/stats", get(journeys::journey_stats))
+        .route(
+            "/v1/profiles/{reference}/journeys",
+            get(journeys::of_profile),
+        )
+        .route("/v1/messages", get(journeys::messages))
+        .route("/v1/messages/{key}/outcome", post(journeys::report_outcome))
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))

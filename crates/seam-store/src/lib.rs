@@ -13,6 +13,7 @@
 //! [`workspace`] creates workspaces and their keys (only hashes are stored) and authenticates keys.
 
 mod decide;
+pub mod journeys;
 mod process;
 mod projector;
 pub mod read;
@@ -61,6 +62,8 @@ pub struct StoreOptions {
     pub queue_capacity: usize,
     /// Most events appended in one transaction.
     pub max_commit_events: usize,
+    /// The delivery rules journeys send under.
+    pub delivery: journeys::Delivery,
 }
 
 impl Default for StoreOptions {
@@ -68,6 +71,7 @@ impl Default for StoreOptions {
         Self {
             queue_capacity: 4_096,
             max_commit_events: 20_000,
+            delivery: journeys::Delivery::default(),
         }
     }
 }
@@ -239,6 +243,7 @@ impl Store {
         let stats = Arc::new(Stats::default());
         let wakeup = Arc::new(projector::Wakeup::default());
         let (tx, rx) = sync_channel(opts.queue_capacity);
+        let delivery = opts.delivery.clone();
         let writer = writer::Writer::start(log, rx, opts, stats.clone(), wakeup.clone())?;
         wakeup.log_advanced(stats.log_seq.load(Ordering::SeqCst));
         let (applied_tx, applied_rx) = watch::channel(0);
@@ -246,6 +251,7 @@ impl Store {
             open_connection(&data_dir.join(PROJECTIONS_FILE), false)?,
             open_connection(&data_dir.join(DB_FILE), true)?,
             rules.clone(),
+            delivery,
         )?
         .start(tx.clone(), wakeup.clone(), stats.clone(), applied_tx, clock)?;
         writer::start_checkpointer(
@@ -435,7 +441,8 @@ pub fn rebuild(data_dir: &Path) -> Result<u64, StoreError> {
         [max_seq],
     )?;
     proj.execute_batch("COMMIT")?;
-    let mut projector = projector::Projector::open(proj, log, rules)?;
+    let mut projector =
+        projector::Projector::open(proj, log, rules, journeys::Delivery::default())?;
     let mut total = 0u64;
     while projector.applied_seq < max_seq {
         // System events decided again are already in the log (found there later in the replay), so they are

@@ -52,6 +52,8 @@ pub(crate) struct Processor {
     /// Whether each workspace has any segment or computed trait (then touched profiles are queued for
     /// evaluation).
     has_segments: HashMap<i64, bool>,
+    /// Whether each workspace has an active journey (then events are queued for the journeys).
+    has_journeys: HashMap<i64, bool>,
 }
 
 struct SqlView<'c> {
@@ -166,6 +168,9 @@ fn apply_journey_definition(conn: &Connection, ws: i64, event: &Event) -> Result
                 "UPDATE journeys SET status = ?3, updated_at = ?4 WHERE ws = ?1 AND id = ?2",
             )?
             .execute(params![ws, id, field("status"), event.timestamp])?;
+            if field("status") == "active" {
+                crate::journeys::schedule_on_activation(conn, ws, &id)?;
+            }
         }
     }
     Ok(())
@@ -212,6 +217,7 @@ impl Processor {
             returned: 0,
             decide_after: Seq::MAX,
             has_segments: HashMap::new(),
+            has_journeys: HashMap::new(),
         }
     }
 
@@ -253,6 +259,38 @@ impl Processor {
         Ok(())
     }
 
+    /// Queues a live event of a profile for the journeys, when the workspace has an active journey.
+    fn queue_for_journeys(
+        &mut self,
+        conn: &Connection,
+        seq: Seq,
+        ws: i64,
+        profile: i64,
+    ) -> Result<(), StoreError> {
+        if seq <= self.decide_after {
+            return Ok(());
+        }
+        let has = match self.has_journeys.get(&ws) {
+            Some(&h) => h,
+            None => {
+                let h: bool = conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM journeys WHERE ws = ?1 AND status = 'active')",
+                    )?
+                    .query_row([ws], |r| r.get(0))?;
+                self.has_journeys.insert(ws, h);
+                h
+            }
+        };
+        if has {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO pending_journey_events (seq, ws, profile) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![seq, ws, profile])?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_rules(&mut self, ws: i64, rules: IdentifierRules) {
         self.rules.insert(ws, Arc::new(rules));
     }
@@ -267,6 +305,12 @@ impl Processor {
     ) -> Result<(), StoreError> {
         if event.kind.kind() == EventKind::System {
             return self.apply_system(conn, seq, ws, event);
+        }
+        if event.message_id.starts_with("$seam:") {
+            // Seam's own received-kind event (traits a journey set): back from the log, out of the outbox.
+            self.returned += conn
+                .prepare_cached("DELETE FROM outbox WHERE ws = ?1 AND message_id = ?2")?
+                .execute(params![ws, event.message_id])?;
         }
         let rules = self.rules.entry(ws).or_default().clone();
         let mut view = SqlView {
@@ -292,6 +336,9 @@ impl Processor {
         let profile = key(&r.profile);
         self.state(conn, ws, profile)?.apply(event, seq);
         self.queue_evaluation(conn, seq, ws, profile)?;
+        if event.kind == EventType::Track {
+            self.queue_for_journeys(conn, seq, ws, profile)?;
+        }
         on_timeline(conn, ws, profile, event.timestamp, seq)
     }
 
@@ -308,7 +355,10 @@ impl Processor {
             | EventType::TemplateDeleted
             | EventType::JourneyDefined
             | EventType::JourneyDeleted
-            | EventType::JourneyStatus => return apply_journey_definition(conn, ws, event),
+            | EventType::JourneyStatus => {
+                self.has_journeys.remove(&ws);
+                return apply_journey_definition(conn, ws, event);
+            }
             EventType::SegmentDefined
             | EventType::SegmentDeleted
             | EventType::ComputedTraitDefined
@@ -377,6 +427,9 @@ impl Processor {
             // Decided before this projection existed (a rebuild): take the decision from the log.
             apply_membership(conn, ws, event)?;
         }
+        if event.kind == EventType::JourneyStep && decided_here == 0 {
+            crate::journeys::apply_step(conn, ws, event)?;
+        }
         let Some(target) = event.properties.get("profile_id").and_then(Value::as_str) else {
             return Ok(());
         };
@@ -389,6 +442,12 @@ impl Processor {
             .optional()?;
         if let Some(current) = current {
             on_timeline(conn, ws, current, event.timestamp, seq)?;
+            if matches!(
+                event.kind,
+                EventType::SegmentEntered | EventType::SegmentExited | EventType::JourneyEnter
+            ) {
+                self.queue_for_journeys(conn, seq, ws, current)?;
+            }
         }
         Ok(())
     }

@@ -143,6 +143,7 @@ pub(crate) struct Projector {
     log: Connection,
     processor: Processor,
     pub(crate) applied_seq: Seq,
+    delivery: crate::journeys::Delivery,
 }
 
 impl Projector {
@@ -150,6 +151,7 @@ impl Projector {
         conn: Connection,
         log: Connection,
         rules: HashMap<i64, IdentifierRules>,
+        delivery: crate::journeys::Delivery,
     ) -> Result<Self, StoreError> {
         if let Some(path) = log.path() {
             conn.execute(
@@ -184,15 +186,21 @@ impl Projector {
             log,
             processor,
             applied_seq,
+            delivery,
         })
     }
 
-    /// One decision pass over the queued profiles (see `decide`).
+    /// One decision pass: segments and computed traits of the queued profiles (see `decide`), then journey
+    /// runs (see `journeys`).
     pub(crate) fn decide(
         &mut self,
         now: seam_core::Millis,
     ) -> Result<crate::decide::Decided, StoreError> {
-        crate::decide::decide(&mut self.conn, now, 2_000)
+        let mut d = crate::decide::decide(&mut self.conn, now, 2_000)?;
+        let j = crate::journeys::decide(&mut self.conn, now, 2_000, &self.delivery)?;
+        d.emitted.extend(j.emitted);
+        d.remaining += j.remaining;
+        Ok(d)
     }
 
     /// After a rebuild: queues every live profile, so that the next start evaluates everyone once and sets the

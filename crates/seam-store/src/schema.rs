@@ -203,6 +203,64 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     ) WITHOUT ROWID;
     "#,
     ),
+    (
+        6,
+        r#"
+    -- Journey runs, from journey_step events: the run's state as JSON, and when it wants to be woken.
+    CREATE TABLE journey_runs (
+        ws INTEGER NOT NULL,
+        run TEXT NOT NULL,
+        journey TEXT NOT NULL,
+        profile INTEGER NOT NULL,
+        entered_at INTEGER NOT NULL,
+        active INTEGER NOT NULL,
+        wake_at INTEGER,
+        state TEXT NOT NULL,
+        PRIMARY KEY (ws, run)
+    ) WITHOUT ROWID;
+    CREATE INDEX journey_runs_by_profile ON journey_runs (ws, profile);
+    CREATE INDEX journey_runs_by_journey ON journey_runs (ws, journey, entered_at);
+    CREATE INDEX journey_runs_by_wake ON journey_runs (wake_at) WHERE wake_at IS NOT NULL;
+    -- The outbox of messages, each once by its idempotency key (run/step/channel), rendered.
+    CREATE TABLE messages (
+        ws INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        run TEXT NOT NULL,
+        journey TEXT NOT NULL,
+        node TEXT NOT NULL,
+        profile INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        address TEXT NOT NULL,
+        category TEXT NOT NULL,
+        content TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (ws, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX messages_by_profile ON messages (ws, profile, created_at);
+    CREATE INDEX messages_by_journey ON messages (ws, journey, created_at);
+    -- Counters per journey: entered, converted, exited:<reason>, node:<name>:<what>.
+    CREATE TABLE journey_stats (
+        ws INTEGER NOT NULL,
+        journey TEXT NOT NULL,
+        counter TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (ws, journey, counter)
+    ) WITHOUT ROWID;
+    -- When each scheduled journey (campaign) fires next; NULL once a one-off has fired.
+    CREATE TABLE journey_schedules (
+        ws INTEGER NOT NULL,
+        journey TEXT NOT NULL,
+        next_at INTEGER,
+        PRIMARY KEY (ws, journey)
+    ) WITHOUT ROWID;
+    -- Events waiting to be shown to journeys (triggers, waits, goals), in log order.
+    CREATE TABLE pending_journey_events (
+        seq INTEGER PRIMARY KEY,
+        ws INTEGER NOT NULL,
+        profile INTEGER NOT NULL
+    );
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.
@@ -219,10 +277,18 @@ pub const PROJECTION_TABLES: &[&str] = &[
     "templates",
     "journeys",
     "journey_versions",
+    "journey_runs",
+    "messages",
+    "journey_stats",
+    "journey_schedules",
 ];
 
 /// Scheduling tables of projections.db: emptied by a rebuild, not compared (they depend on when things ran).
-pub const SCHEDULE_TABLES: &[&str] = &["pending_evaluations", "segment_timers"];
+pub const SCHEDULE_TABLES: &[&str] = &[
+    "pending_evaluations",
+    "segment_timers",
+    "pending_journey_events",
+];
 
 pub fn migrate(conn: &mut Connection, migrations: &[(i64, &str)]) -> rusqlite::Result<()> {
     conn.execute_batch(

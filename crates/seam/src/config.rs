@@ -195,6 +195,7 @@ impl Config {
         seam_store::StoreOptions {
             queue_capacity: self.store.queue_capacity.max(1),
             max_commit_events: self.store.max_commit_events.max(1),
+            delivery: Default::default(),
         }
     }
 

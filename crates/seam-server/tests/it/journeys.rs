@@ -338,3 +338,286 @@ async fn templates_and_journeys_come_back_from_the_log_in_a_rebuild() {
         "templates, journeys, their versions and status are projections of the log"
     );
 }
+
+async fn track_at_now(app: &TestApp, user: &str, event: &str, props: Value, id: &str) {
+    let now = seam_core::clock::format_rfc3339(seam_core::Clock::now_ms(&app.clock));
+    let body = json!({"userId": user, "event": event, "properties": props, "messageId": id, "timestamp": now});
+    assert_eq!(app.send("/v1/track", body).await.0, 200);
+}
+
+async fn sent_to(app: &TestApp, user: &str) -> Vec<(String, Value)> {
+    let (s, v) = app
+        .get(&format!("/v1/messages?profile=user_id:{user}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut out: Vec<(String, Value)> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["channel"].as_str().unwrap().to_owned(), m.clone()))
+        .collect();
+    out.reverse();
+    out
+}
+
+const LIVE_JOURNEY: &str = r#"
+name: Abandoned cart
+trigger: { event: Product Added, where: 'price > 100' }
+reentry: after_exit
+goal: { event: Order Completed, within: 7 days }
+start: wait
+nodes:
+  wait: { type: wait, for: 20 minutes, next: remind }
+  remind:
+    type: cascade
+    steps:
+      - { channel: email, template: cart, within: 1 hour }
+      - { channel: sms, template: cart }
+"#;
+
+#[tokio::test]
+async fn an_active_journey_runs_on_live_events_and_the_clock_and_ends_at_its_goal() {
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let template = json!({"variants": {
+        "email": {"subject": "{{ profile.traits.first_name | default: 'Hello' }}, {{ event.properties.name }} is waiting", "body": "b"},
+        "sms": {"text": "{{ event.properties.name }} is still in your cart"}
+    }});
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/cart", Some(template))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.put_text("/v1/journeys/cart", "application/yaml", LIVE_JOURNEY)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/cart/activate", None)
+            .await
+            .0,
+        200
+    );
+    for (user, phone) in [
+        ("u1", "+79123456781"),
+        ("u2", "+79123456782"),
+        ("u3", "+79123456783"),
+    ] {
+        let body = json!({"userId": user, "messageId": format!("id-{user}"), "traits": {
+            "first_name": "Anna", "email": format!("{user}@example.com"), "phone": phone,
+            "consent": {"email": true, "sms": true}}});
+        assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    }
+    // A cheap item does not match the trigger's filter; the grinder does.
+    track_at_now(
+        &app,
+        "u1",
+        "Product Added",
+        json!({"price": 50, "name": "Filter"}),
+        "a0",
+    )
+    .await;
+    for u in ["u1", "u2", "u3"] {
+        track_at_now(
+            &app,
+            u,
+            "Product Added",
+            json!({"price": 150, "name": "Grinder"}),
+            &format!("a-{u}"),
+        )
+        .await;
+    }
+    let (_, v) = app.get("/v1/profiles/user_id:u1/journeys").await;
+    assert_eq!(v["journeys"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["journeys"][0]["status"], "active");
+    assert_eq!(v["journeys"][0]["node"], "wait");
+    assert_eq!(v["journeys"][0]["waiting"]["for"], "time");
+
+    // u3 buys before the reminder: the run ends at its goal and nothing is sent.
+    app.clock.advance(Duration::from_secs(5 * 60));
+    track_at_now(
+        &app,
+        "u3",
+        "Order Completed",
+        json!({"revenue": 150}),
+        "o-u3",
+    )
+    .await;
+    app.clock.advance(Duration::from_secs(15 * 60));
+    let first = sent_to(&app, "u1").await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, "email");
+    assert_eq!(first[0].1["content"]["subject"], "Anna, Grinder is waiting");
+    assert_eq!(first[0].1["address"], "email:u1@example.com");
+    assert!(sent_to(&app, "u3").await.is_empty());
+
+    // u2 reads the e-mail: the cascade has worked and stops there; u1 does not, and gets the SMS an hour later.
+    let key = sent_to(&app, "u2").await[0].1["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/messages/{key}/outcome"),
+            Some(json!({"outcome": "read"})),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/v1/messages/nope/outcome",
+            Some(json!({"outcome": "read"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/messages/{key}/outcome"),
+            Some(json!({"outcome": "eaten"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    app.clock.advance(Duration::from_secs(61 * 60));
+    let u1: Vec<String> = sent_to(&app, "u1")
+        .await
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(u1, ["email", "sms"]);
+    let u2: Vec<String> = sent_to(&app, "u2")
+        .await
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(u2, ["email"]);
+
+    let (_, st) = app.get("/v1/journeys/cart/stats").await;
+    assert_eq!(st["entered"], 3, "{st}");
+    assert_eq!(st["converted"], 1, "{st}");
+    assert_eq!(st["waiting"], 0, "{st}");
+    assert_eq!(st["exited"]["goal"], 1, "{st}");
+    assert_eq!(st["exited"]["completed"], 2, "{st}");
+    assert_eq!(st["nodes"]["remind"]["sent"], 3, "{st}");
+    let (_, v) = app.get("/v1/profiles/user_id:u2/journeys").await;
+    assert_eq!(v["journeys"][0]["status"], "completed", "{v}");
+    assert_eq!(
+        v["journeys"][0]["messages"][0]["outcomes"],
+        json!(["read"]),
+        "{v}"
+    );
+    // The steps are on the person's timeline.
+    let (_, t) = app.get("/v1/profiles/user_id:u1/events?limit=50").await;
+    let steps = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "journey_step")
+        .count();
+    assert!(steps >= 3, "{t}");
+
+    // Paused: no new runs. Entry by API needs an active journey.
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/cart/pause", None)
+            .await
+            .0,
+        200
+    );
+    track_at_now(
+        &app,
+        "u1",
+        "Product Added",
+        json!({"price": 150, "name": "Grinder"}),
+        "again",
+    )
+    .await;
+    let (_, st) = app.get("/v1/journeys/cart/stats").await;
+    assert_eq!(st["entered"], 3, "{st}");
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/v1/journeys/cart/enter",
+            Some(json!({"profile": "user_id:u1"})),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("journey_not_active")));
+
+    // Everything above is a projection of the log.
+    app.store.caught_up().await;
+    app.store.shutdown();
+    let live = seam_store::dump_projections(&app.data_dir()).unwrap();
+    seam_store::rebuild(&app.data_dir()).unwrap();
+    assert!(
+        live == seam_store::dump_projections(&app.data_dir()).unwrap(),
+        "runs, messages and stats rebuild"
+    );
+}
+
+#[tokio::test]
+async fn api_entries_and_update_nodes_go_through_the_log() {
+    let app = spawn_app().await;
+    let journey = r#"
+trigger: { api: true }
+start: tag
+nodes:
+  tag: { type: update, traits: { vip: true }, next: hello }
+  hello: { type: send, channel: email, template: hi, category: transactional }
+"#;
+    let template = json!({"variants": {"email": {"subject": "Hi {{ profile.traits.first_name }}", "body": "b"}}});
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/hi", Some(template))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.put_text("/v1/journeys/welcome", "application/yaml", journey)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/welcome/activate", None)
+            .await
+            .0,
+        200
+    );
+    let body = json!({"userId": "w1", "messageId": "w1", "traits": {"first_name": "Ivan", "email": "w1@example.com"}});
+    assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/v1/journeys/welcome/enter",
+            Some(json!({"profile": "user_id:w1"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["runs"][0]["status"], "completed", "{v}");
+    let (_, p) = app.get("/v1/profiles/user_id:w1").await;
+    assert_eq!(p["traits"]["vip"], true, "{p}");
+    let m = sent_to(&app, "w1").await;
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].1["content"]["subject"], "Hi Ivan");
+    assert_eq!(m[0].1["category"], "transactional");
+    // Once (the default re-entry policy): a second request starts nothing.
+    app.call(
+        Method::POST,
+        "/v1/journeys/welcome/enter",
+        Some(json!({"profile": "user_id:w1"})),
+    )
+    .await;
+    assert_eq!(sent_to(&app, "w1").await.len(), 1);
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/v1/journeys/welcome/enter",
+            Some(json!({"profile": "user_id:nobody"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+}
