@@ -197,6 +197,17 @@ pub(crate) fn decide(
     limit: usize,
     delivery: &Delivery,
 ) -> Result<Decided, StoreError> {
+    // Most passes have nothing for the journeys: find that out without a write transaction.
+    let work: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM pending_journey_events)
+                 OR EXISTS (SELECT 1 FROM journey_runs WHERE wake_at <= ?1)
+                 OR EXISTS (SELECT 1 FROM journey_schedules WHERE next_at <= ?1)",
+        )?
+        .query_row([now], |r| r.get(0))?;
+    if !work {
+        return Ok(Decided::default());
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let decisions: i64 =
         tx.query_row("SELECT value FROM meta WHERE key = 'decisions'", [], |r| {
