@@ -128,7 +128,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(data = %dir.display(), "initialised a new data folder with a default workspace");
         print_credentials(&creds, false)?;
     }
-    let store = Store::open(dir, config.store_options(), clock.clone())
+    let store = Store::open(dir, config.store_options()?, clock.clone())
         .with_context(|| format!("opening {}", dir.display()))?;
     let rules = config.identifier_rules()?;
     for (ws, _) in seam_store::workspace::list_workspaces(dir)? {

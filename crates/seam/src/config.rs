@@ -22,6 +22,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub identity: IdentityConfig,
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for Config {
@@ -34,6 +35,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             log: LogConfig::default(),
             identity: IdentityConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -90,6 +92,46 @@ impl Default for StoreConfig {
             max_commit_events: s.max_commit_events,
         }
     }
+}
+
+/// The rules every journey and campaign sends under.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// The time zone of people without a `timezone` trait (IANA name).
+    pub timezone: String,
+    /// Local hours in which marketing messages wait: `{ start = "22:00", end = "09:00" }`.
+    pub quiet_hours: Option<QuietHoursConfig>,
+    /// At most `max` marketing messages in any `per`, on one `channel` or on all.
+    pub caps: Vec<CapConfig>,
+    /// How long a bought item stays out of offers.
+    pub bought_window: String,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            timezone: "UTC".into(),
+            quiet_hours: None,
+            caps: vec![],
+            bought_window: "7 days".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHoursConfig {
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapConfig {
+    pub channel: Option<String>,
+    pub max: u32,
+    pub per: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +212,7 @@ impl Config {
             bail!("limits: max_event_bytes must be positive and at most max_batch_bytes; max_batch_events positive");
         }
         self.identifier_rules()?;
+        self.delivery()?;
         Ok(())
     }
 
@@ -191,12 +234,69 @@ impl Config {
         }
     }
 
-    pub fn store_options(&self) -> seam_store::StoreOptions {
-        seam_store::StoreOptions {
+    pub fn store_options(&self) -> anyhow::Result<seam_store::StoreOptions> {
+        Ok(seam_store::StoreOptions {
             queue_capacity: self.store.queue_capacity.max(1),
             max_commit_events: self.store.max_commit_events.max(1),
-            delivery: Default::default(),
+            delivery: self.delivery()?,
+        })
+    }
+
+    /// The delivery rules, each value checked with the key named.
+    pub fn delivery(&self) -> anyhow::Result<seam_store::journeys::Delivery> {
+        use seam_journeys::governance::{Cap, Policy, QuietHours};
+        use seam_journeys::local;
+        let d = &self.delivery;
+        let duration = |key: &str, text: &str| -> anyhow::Result<i64> {
+            seam_audiences::parse_duration(text)
+                .map(|d| d.millis())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{key}: {text:?} is not a duration such as \"1 day\" ({})",
+                        e.message
+                    )
+                })
+        };
+        let zone =
+            local::zone(&d.timezone).map_err(|e| anyhow::anyhow!("delivery.timezone: {e}"))?;
+        let quiet_hours = match &d.quiet_hours {
+            None => None,
+            Some(q) => Some(QuietHours {
+                start: local::parse_time_of_day(&q.start)
+                    .map_err(|e| anyhow::anyhow!("delivery.quiet_hours.start: {e}"))?,
+                end: local::parse_time_of_day(&q.end)
+                    .map_err(|e| anyhow::anyhow!("delivery.quiet_hours.end: {e}"))?,
+            }),
+        };
+        let mut caps = vec![];
+        for (i, c) in d.caps.iter().enumerate() {
+            let channel = match &c.channel {
+                None => None,
+                Some(name) => Some(seam_journeys::Channel::parse(name).ok_or_else(|| {
+                    anyhow::anyhow!("delivery.caps[{i}].channel: {name:?} is not a channel (email, sms, web_push, mobile_push, telegram, viber, whatsapp)")
+                })?),
+            };
+            if c.max == 0 {
+                bail!("delivery.caps[{i}].max: must be at least 1");
+            }
+            caps.push(Cap {
+                channel,
+                max: c.max,
+                per: duration(&format!("delivery.caps[{i}].per"), &c.per)?,
+                text: match &c.channel {
+                    Some(ch) => format!("{} {ch} per {}", c.max, c.per),
+                    None => format!("{} per {}", c.max, c.per),
+                },
+            });
         }
+        Ok(seam_store::journeys::Delivery {
+            policy: Policy {
+                caps,
+                quiet_hours,
+                bought_window: duration("delivery.bought_window", &d.bought_window)?,
+            },
+            zone,
+        })
     }
 
     /// The built-in identifier rules with the configured types added or overridden.
@@ -291,5 +391,33 @@ mod tests {
             .unwrap();
         c.validate().unwrap();
         assert!(c.identifier_rules().unwrap().knows("loyalty_card"));
+        let d = c.delivery().unwrap();
+        assert_eq!(d.policy.caps.len(), 2);
+        assert!(d.policy.quiet_hours.is_some());
+    }
+
+    #[test]
+    fn bad_delivery_rules_are_refused_with_the_key_named() {
+        for (toml, key) in [
+            ("[delivery]\ntimezone = \"Mars/Base\"", "delivery.timezone"),
+            (
+                "[delivery]\nquiet_hours = { start = \"25:00\", end = \"09:00\" }",
+                "delivery.quiet_hours.start",
+            ),
+            (
+                "[[delivery.caps]]\nmax = 3\nper = \"3 fortnights\"",
+                "delivery.caps[0].per",
+            ),
+            (
+                "[[delivery.caps]]\nchannel = \"pigeon\"\nmax = 3\nper = \"1 day\"",
+                "delivery.caps[0].channel",
+            ),
+        ] {
+            let c: Config = toml::Value::Table(toml.parse().unwrap())
+                .try_into()
+                .unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(key), "{toml}: {e}");
+        }
     }
 }

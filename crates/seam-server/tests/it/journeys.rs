@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::{spawn_app, TestApp};
+use crate::{spawn_app, spawn_app_with_store, TestApp};
 
 impl TestApp {
     /// Sends a raw body with a content type to a management endpoint with the secret key.
@@ -620,4 +620,82 @@ nodes:
         )
         .await;
     assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn the_servers_delivery_rules_hold_back_messages_with_the_reason() {
+    use seam_journeys::governance::{Cap, Policy, QuietHours};
+    use std::time::Duration;
+    // NOW is 2026-11-23 00:00 UTC: 03:00 in Moscow, inside quiet hours until 09:00.
+    let opts = seam_store::StoreOptions {
+        delivery: seam_store::journeys::Delivery {
+            policy: Policy {
+                caps: vec![Cap {
+                    channel: None,
+                    max: 1,
+                    per: 86_400_000,
+                    text: "1 per 1 day".into(),
+                }],
+                quiet_hours: Some(QuietHours {
+                    start: 22 * 60,
+                    end: 9 * 60,
+                }),
+                bought_window: 0,
+            },
+            zone: seam_journeys::local::zone("Europe/Moscow").unwrap(),
+        },
+        ..seam_store::StoreOptions::default()
+    };
+    let app = spawn_app_with_store(seam_server::ApiSettings::default(), opts).await;
+    let template = json!({"variants": {"email": {"subject": "s", "body": "b"}}});
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/t", Some(template))
+            .await
+            .0,
+        201
+    );
+    let journey = "trigger: { api: true }\nreentry: after_exit\nstart: m\nnodes: { m: { type: send, channel: email, template: t } }\n";
+    assert_eq!(
+        app.put_text("/v1/journeys/promo", "application/yaml", journey)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/promo/activate", None)
+            .await
+            .0,
+        200
+    );
+    let body = json!({"userId": "q1", "messageId": "q1", "traits": {"email": "q1@example.com", "consent": {"email": true}}});
+    assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    let (_, v) = app
+        .call(
+            Method::POST,
+            "/v1/journeys/promo/enter",
+            Some(json!({"profile": "user_id:q1"})),
+        )
+        .await;
+    assert_eq!(
+        v["runs"][0]["waiting"]["until"], "2026-11-23T06:00:00.000Z",
+        "deferred to 09:00 Moscow: {v}"
+    );
+    assert!(sent_to(&app, "q1").await.is_empty());
+    app.clock.advance(Duration::from_secs(6 * 3600));
+    assert_eq!(
+        sent_to(&app, "q1").await.len(),
+        1,
+        "sent when quiet hours end"
+    );
+    // The cap (1 a day): a second run is held back, with the reason counted.
+    app.call(
+        Method::POST,
+        "/v1/journeys/promo/enter",
+        Some(json!({"profile": "user_id:q1"})),
+    )
+    .await;
+    assert_eq!(sent_to(&app, "q1").await.len(), 1);
+    let (_, st) = app.get("/v1/journeys/promo/stats").await;
+    assert_eq!(st["nodes"]["m"]["deferred:quiet_hours"], 1, "{st}");
+    assert_eq!(st["nodes"]["m"]["held:frequency_cap"], 1, "{st}");
 }

@@ -38,13 +38,17 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(settings: ApiSettings) -> TestApp {
+    spawn_app_with_store(settings, StoreOptions::default()).await
+}
+
+pub async fn spawn_app_with_store(settings: ApiSettings, opts: StoreOptions) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let creds = seam_store::workspace::init_data_dir(&data, NOW)
         .unwrap()
         .expect("fresh folder");
     let clock = ManualClock::new(NOW);
-    let store = Store::open(&data, StoreOptions::default(), Arc::new(clock.clone())).unwrap();
+    let store = Store::open(&data, opts, Arc::new(clock.clone())).unwrap();
     let state = AppState::new(store.clone(), Arc::new(clock.clone()), settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
