@@ -45,6 +45,9 @@ pub enum EventType {
     JourneyEnter,
     /// A journey run moved: its new state and what it did (system event).
     JourneyStep,
+    /// A message was handed to its channel, failed an attempt, went to the dead letters or was requeued
+    /// (system event).
+    MessageDelivery,
 }
 
 impl EventType {
@@ -71,6 +74,7 @@ impl EventType {
             Self::JourneyStatus => "journey_status",
             Self::JourneyEnter => "journey_enter",
             Self::JourneyStep => "journey_step",
+            Self::MessageDelivery => "message_delivery",
         }
     }
 
@@ -90,7 +94,8 @@ impl EventType {
             | Self::JourneyDeleted
             | Self::JourneyStatus
             | Self::JourneyEnter
-            | Self::JourneyStep => EventKind::System,
+            | Self::JourneyStep
+            | Self::MessageDelivery => EventKind::System,
             _ => EventKind::Received,
         }
     }
@@ -118,6 +123,7 @@ impl EventType {
             "journey_status" => Self::JourneyStatus,
             "journey_enter" => Self::JourneyEnter,
             "journey_step" => Self::JourneyStep,
+            "message_delivery" => Self::MessageDelivery,
             _ => return None,
         })
     }

@@ -7,7 +7,7 @@
 //! | `forbidden` | 403 |
 //! | `not_found`, `profile_not_found`, `segment_not_found`, `computed_trait_not_found`, `template_not_found`, `journey_not_found`, `message_not_found` | 404 |
 //! | `method_not_allowed` | 405 |
-//! | `segment_in_use`, `template_in_use`, `journey_active`, `journey_not_active` | 409 |
+//! | `segment_in_use`, `template_in_use`, `journey_active`, `journey_not_active`, `not_a_dead_letter` | 409 |
 //! | `payload_too_large` | 413 |
 //! | `unsupported_encoding`, `unsupported_media_type` | 415 |
 //! | `internal` | 500 |

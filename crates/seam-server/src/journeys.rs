@@ -691,6 +691,7 @@ pub(crate) async fn of_profile(
 pub(crate) struct MessagesQuery {
     journey: Option<String>,
     profile: Option<String>,
+    status: Option<String>,
     limit: Option<usize>,
 }
 
@@ -721,9 +722,26 @@ pub(crate) async fn messages(
             )
         }
     };
+    if let Some(s) = &q.status {
+        if !["pending", "retry", "sent", "dead"].contains(&s.as_str()) {
+            return Err(ApiError::new(
+                400,
+                "invalid_query",
+                "status: one of pending, retry, sent, dead",
+            ));
+        }
+    }
     let store = state.store.clone();
-    let list =
-        blocking(move || store.messages(ws, q.journey.as_deref(), profile.as_ref(), limit)).await?;
+    let list = blocking(move || {
+        store.messages(
+            ws,
+            q.journey.as_deref(),
+            profile.as_ref(),
+            q.status.as_deref(),
+            limit,
+        )
+    })
+    .await?;
     Ok(Json(json!({ "messages": list })))
 }
 
@@ -762,4 +780,37 @@ pub(crate) async fn report_outcome(
         ));
     }
     Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /v1/messages/{key}/replay`: sends a dead letter again; its attempts start over.
+pub(crate) async fn replay_message(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let requeued = state
+        .store
+        .requeue(ws, &key, state.clock.now_ms())
+        .await
+        .map_err(ApiError::from_store)?;
+    let store = state.store.clone();
+    let k = key.clone();
+    let delivery = blocking(move || store.delivery(ws, &k)).await?;
+    match (requeued, delivery) {
+        (true, Some(d)) => Ok((StatusCode::ACCEPTED, Json(d))),
+        (false, Some(d)) => Err(ApiError::new(
+            409,
+            "not_a_dead_letter",
+            format!(
+                "message {key:?} is {}; only dead letters are sent again",
+                d["status"].as_str().unwrap_or("?")
+            ),
+        )),
+        _ => Err(ApiError::new(
+            404,
+            "message_not_found",
+            format!("no message has the key {key:?}"),
+        )),
+    }
 }

@@ -11,6 +11,7 @@
 mod auth;
 mod collect;
 mod computed;
+pub mod dispatch;
 pub mod error;
 mod journeys;
 pub mod metrics;
@@ -127,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/messages", get(journeys::messages))
         .route("/v1/messages/{key}/outcome", post(journeys::report_outcome))
+        .route("/v1/messages/{key}/replay", post(journeys::replay_message))
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))

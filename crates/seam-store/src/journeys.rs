@@ -641,7 +641,8 @@ impl<'t> Decider<'t> {
             match e {
                 Effect::Send(m) => {
                     let content = match &m.template {
-                        None => json!({ "body": m.address }),
+                        // A webhook carries the run's trigger event; the rest of the context is in the request.
+                        None => json!({ "url": m.address, "event": run.trigger }),
                         Some(t) => self.render(ws, who, run, t, m.channel, &m.key),
                     };
                     messages.push(json!({
@@ -833,6 +834,11 @@ pub(crate) fn apply_step(conn: &Connection, ws: i64, event: &Event) -> Result<()
                 m.get("content").map(Value::to_string).unwrap_or_default(),
                 event.timestamp
             ])?;
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO deliveries (ws, key, status, attempts, next_attempt_at, last_error, updated_at)
+                 VALUES (?1, ?2, 'pending', 0, ?3, NULL, ?3)",
+            )?
+            .execute(params![ws, s("key"), event.timestamp])?;
         }
         let journey = run.journey.clone();
         for e in p
@@ -950,6 +956,10 @@ pub struct MessageView {
     pub category: String,
     pub content: Value,
     pub created_at: String,
+    /// With its channel: `pending`, `retry`, `sent`, `dead`.
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
 }
 
 impl crate::Store {
@@ -1011,22 +1021,27 @@ impl crate::Store {
         })
     }
 
-    /// Messages in the outbox, newest first, for a journey and/or a person.
+    /// Messages in the outbox, newest first, for a journey, a person and/or a delivery status (`dead`: the
+    /// dead letters).
     pub fn messages(
         &self,
         ws: WorkspaceKey,
         journey: Option<&str>,
         profile: Option<&ProfileId>,
+        status: Option<&str>,
         limit: usize,
     ) -> Result<Vec<MessageView>, StoreError> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT key, run, journey, node, profile, channel, address, category, content, created_at
-                 FROM p.messages WHERE ws = ?1 AND (?2 IS NULL OR journey = ?2) AND (?3 IS NULL OR profile = ?3)
-                 ORDER BY created_at DESC, key DESC LIMIT ?4",
+                "SELECT m.key, m.run, m.journey, m.node, m.profile, m.channel, m.address, m.category, m.content,
+                        m.created_at, d.status, d.attempts, d.last_error
+                 FROM p.messages m JOIN p.deliveries d ON d.ws = m.ws AND d.key = m.key
+                 WHERE m.ws = ?1 AND (?2 IS NULL OR m.journey = ?2) AND (?3 IS NULL OR m.profile = ?3)
+                   AND (?5 IS NULL OR d.status = ?5)
+                 ORDER BY m.created_at DESC, m.key DESC LIMIT ?4",
             )?;
             let rows = stmt.query_map(
-                params![ws.0, journey, profile.map(crate::process::key), limit as i64],
+                params![ws.0, journey, profile.map(crate::process::key), limit as i64, status],
                 |r| {
                     Ok(MessageView {
                         key: r.get(0)?,
@@ -1039,6 +1054,9 @@ impl crate::Store {
                         category: r.get(7)?,
                         content: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or(Value::Null),
                         created_at: seam_core::clock::format_rfc3339(r.get(9)?),
+                        status: r.get(10)?,
+                        attempts: r.get(11)?,
+                        last_error: r.get(12)?,
                     })
                 },
             )?;

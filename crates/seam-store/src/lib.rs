@@ -13,6 +13,7 @@
 //! [`workspace`] creates workspaces and their keys (only hashes are stored) and authenticates keys.
 
 mod decide;
+pub mod deliveries;
 pub mod journeys;
 mod process;
 mod projector;

@@ -430,6 +430,9 @@ impl Processor {
         if event.kind == EventType::JourneyStep && decided_here == 0 {
             crate::journeys::apply_step(conn, ws, event)?;
         }
+        if event.kind == EventType::MessageDelivery {
+            crate::deliveries::apply(conn, ws, event)?;
+        }
         let Some(target) = event.properties.get("profile_id").and_then(Value::as_str) else {
             return Ok(());
         };

@@ -261,6 +261,24 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     );
     "#,
     ),
+    (
+        7,
+        r#"
+    -- Where each message of the outbox stands with its channel, from message_delivery events:
+    -- pending (not tried yet), retry (an attempt failed; next_attempt_at), sent, dead (attempts exhausted).
+    CREATE TABLE deliveries (
+        ws INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at INTEGER,
+        last_error TEXT,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (ws, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status IN ('pending', 'retry');
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.
@@ -281,6 +299,7 @@ pub const PROJECTION_TABLES: &[&str] = &[
     "messages",
     "journey_stats",
     "journey_schedules",
+    "deliveries",
 ];
 
 /// Scheduling tables of projections.db: emptied by a rebuild, not compared (they depend on when things ran).

@@ -140,7 +140,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data = %dir.display(), "seam is serving");
     let state = seam_server::AppState::new(store.clone(), clock, config.api_settings());
+    let dispatch = config.dispatch_settings()?;
+    let dispatcher = tokio::spawn(seam_server::dispatch::run(
+        state.clone(),
+        dispatch,
+        std::time::Duration::from_secs(1),
+    ));
     seam_server::serve(listener, state, shutdown_signal()).await?;
+    dispatcher.abort();
     tracing::info!("shutting down: finishing the writer");
     tokio::task::spawn_blocking(move || store.shutdown()).await?;
     Ok(())

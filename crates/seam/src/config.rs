@@ -106,6 +106,11 @@ pub struct DeliveryConfig {
     pub caps: Vec<CapConfig>,
     /// How long a bought item stays out of offers.
     pub bought_window: String,
+    /// Delays before the second, third, … attempt to hand a message to its channel; then it is a dead letter.
+    pub retry: Vec<String>,
+    /// The key webhook requests are signed with (HMAC-SHA-256). Without one, Seam makes one and keeps it in
+    /// `<data>/webhook.secret`.
+    pub webhook_secret: Option<String>,
 }
 
 impl Default for DeliveryConfig {
@@ -115,6 +120,10 @@ impl Default for DeliveryConfig {
             quiet_hours: None,
             caps: vec![],
             bought_window: "7 days".into(),
+            retry: ["1 minute", "10 minutes", "1 hour", "6 hours"]
+                .map(String::from)
+                .to_vec(),
+            webhook_secret: None,
         }
     }
 }
@@ -213,6 +222,7 @@ impl Config {
         }
         self.identifier_rules()?;
         self.delivery()?;
+        self.retry_schedule()?;
         Ok(())
     }
 
@@ -240,6 +250,56 @@ impl Config {
             max_commit_events: self.store.max_commit_events.max(1),
             delivery: self.delivery()?,
         })
+    }
+
+    /// The dispatcher's settings: the back-off schedule, the outbox folder, the webhook signing key.
+    pub fn dispatch_settings(&self) -> anyhow::Result<seam_server::dispatch::DispatchSettings> {
+        let secret = match &self.delivery.webhook_secret {
+            Some(s) if !s.is_empty() => s.clone(),
+            Some(_) => bail!("delivery.webhook_secret: empty"),
+            None => {
+                let path = self.data.join("webhook.secret");
+                match std::fs::read_to_string(&path) {
+                    Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+                    _ => {
+                        let s = seam_store::workspace::random_token("whsec_", 32)?;
+                        let mut options = std::fs::OpenOptions::new();
+                        options.write(true).create(true).truncate(true);
+                        #[cfg(unix)]
+                        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                        std::io::Write::write_all(
+                            &mut options
+                                .open(&path)
+                                .with_context(|| format!("writing {}", path.display()))?,
+                            s.as_bytes(),
+                        )?;
+                        s
+                    }
+                }
+            }
+        };
+        let mut settings =
+            seam_server::dispatch::DispatchSettings::new(self.data.join("outbox"), secret);
+        settings.retry = self.retry_schedule()?;
+        Ok(settings)
+    }
+
+    fn retry_schedule(&self) -> anyhow::Result<Vec<i64>> {
+        self.delivery
+            .retry
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                seam_audiences::parse_duration(d)
+                    .map(|d| d.millis())
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "delivery.retry[{i}]: {d:?} is not a duration ({})",
+                            e.message
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// The delivery rules, each value checked with the key named.

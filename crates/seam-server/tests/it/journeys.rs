@@ -699,3 +699,162 @@ async fn the_servers_delivery_rules_hold_back_messages_with_the_reason() {
     assert_eq!(st["nodes"]["m"]["deferred:quiet_hours"], 1, "{st}");
     assert_eq!(st["nodes"]["m"]["held:frequency_cap"], 1, "{st}");
 }
+
+/// A webhook receiver on 127.0.0.1: answers 500 to the first `failures` requests, then 200; keeps each request.
+async fn receiver(
+    failures: usize,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>> = Arc::default();
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let kept = kept.clone();
+            async move {
+                let mut k = kept.lock().unwrap();
+                k.push((headers, body));
+                if k.len() <= failures {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn the_dispatcher_signs_webhooks_retries_on_a_schedule_keeps_dead_letters_and_replays_them() {
+    use seam_server::dispatch::{dispatch_due, signature, DispatchSettings, Dispatched};
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let (url, seen) = receiver(3).await;
+    let template = json!({"variants": {"email": {"subject": "Welcome", "body": "b"}}});
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/welcome", Some(template))
+            .await
+            .0,
+        201
+    );
+    let journey = format!(
+        "trigger: {{ event: Signed Up }}\nstart: hook\nnodes:\n  hook: {{ type: webhook, url: \"{url}\", next: mail }}\n  mail: {{ type: send, channel: email, template: welcome }}\n"
+    );
+    assert_eq!(
+        app.put_text("/v1/journeys/signup", "application/yaml", &journey)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/signup/activate", None)
+            .await
+            .0,
+        200
+    );
+    let body = json!({"userId": "d1", "messageId": "d1", "traits": {"email": "d1@example.com", "consent": {"email": true}}});
+    assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    track_at_now(&app, "d1", "Signed Up", json!({"plan": "free"}), "s1").await;
+    app.store.caught_up().await;
+
+    let state = seam_server::AppState::new(
+        app.store.clone(),
+        std::sync::Arc::new(app.clock.clone()),
+        seam_server::ApiSettings::default(),
+    );
+    let outbox = app.data_dir().join("outbox");
+    let mut settings = DispatchSettings::new(outbox.clone(), "whsec_test".into());
+    settings.retry = vec![60_000, 600_000];
+    let client = reqwest::Client::new();
+    // First pass: the e-mail goes to the outbox file; the webhook fails and waits a minute.
+    let d = dispatch_due(&state, &settings, &client).await.unwrap();
+    assert_eq!(
+        d,
+        Dispatched {
+            sent: 1,
+            retried: 1,
+            dead: 0
+        }
+    );
+    let file = std::fs::read_to_string(outbox.join("email.jsonl")).unwrap();
+    let line: Value = serde_json::from_str(file.lines().next().unwrap()).unwrap();
+    assert_eq!(line["content"]["subject"], "Welcome");
+    assert_eq!(line["address"], "email:d1@example.com");
+    // Nothing is due again before the minute is up.
+    assert_eq!(
+        dispatch_due(&state, &settings, &client).await.unwrap(),
+        Dispatched::default()
+    );
+    app.clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        dispatch_due(&state, &settings, &client)
+            .await
+            .unwrap()
+            .retried,
+        1
+    );
+    app.clock.advance(Duration::from_secs(600));
+    // The schedule is exhausted: a dead letter, shown with its error.
+    assert_eq!(
+        dispatch_due(&state, &settings, &client).await.unwrap().dead,
+        1
+    );
+    let (_, v) = app.get("/v1/messages?status=dead").await;
+    assert_eq!(v["messages"].as_array().unwrap().len(), 1, "{v}");
+    let dead = &v["messages"][0];
+    assert_eq!(
+        (dead["channel"].as_str(), dead["attempts"].as_i64()),
+        (Some("webhook"), Some(3))
+    );
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("500"),
+        "{dead}"
+    );
+    let key = dead["key"].as_str().unwrap().to_owned();
+    // Replayed: the fourth request succeeds.
+    let (s, v) = app
+        .call(Method::POST, &format!("/v1/messages/{key}/replay"), None)
+        .await;
+    assert_eq!((s, v["status"].as_str()), (202, Some("pending")), "{v}");
+    assert_eq!(
+        dispatch_due(&state, &settings, &client).await.unwrap().sent,
+        1
+    );
+    let (s, v) = app
+        .call(Method::POST, &format!("/v1/messages/{key}/replay"), None)
+        .await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("not_a_dead_letter")));
+    let (_, v) = app.get("/v1/messages?status=sent").await;
+    assert_eq!(v["messages"].as_array().unwrap().len(), 2);
+
+    // Every request carried the key and a signature the receiver can check.
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 4);
+    for (headers, body) in &requests {
+        assert_eq!(headers["idempotency-key"], key.as_str());
+        let sig = headers["seam-signature"].to_str().unwrap();
+        let t: i64 = sig
+            .split(',')
+            .next()
+            .unwrap()
+            .trim_start_matches("t=")
+            .parse()
+            .unwrap();
+        assert_eq!(sig, signature("whsec_test", t, body.as_bytes()));
+        let b: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(b["event"]["properties"]["plan"], "free", "{b}");
+    }
+    // What was sent is in the log: a rebuild sends nothing again.
+    app.store.caught_up().await;
+    app.store.shutdown();
+    let live = seam_store::dump_projections(&app.data_dir()).unwrap();
+    seam_store::rebuild(&app.data_dir()).unwrap();
+    assert!(live == seam_store::dump_projections(&app.data_dir()).unwrap());
+}
