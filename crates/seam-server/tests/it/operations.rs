@@ -95,11 +95,7 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
         "/v1/messages/{key}/outcome",
         "/v1/messages/k/outcome",
     ),
-    (
-        "post",
-        "/v1/messages/{key}/replay",
-        "/v1/messages/k/replay",
-    ),
+    ("post", "/v1/messages/{key}/replay", "/v1/messages/k/replay"),
     ("get", "/openapi.json", "/openapi.json"),
     ("get", "/healthz", "/healthz"),
     ("get", "/metrics", "/metrics"),

@@ -92,7 +92,9 @@ impl Server {
                 .json()
                 .await
                 .unwrap();
-            if h["applied_seq"].as_i64() >= h["log_seq"].as_i64() {
+            if h["applied_seq"].as_i64() >= h["log_seq"].as_i64()
+                && h["pending_evaluations"].as_i64() == Some(0)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
