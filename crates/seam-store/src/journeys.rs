@@ -10,6 +10,7 @@
 //! back as they were decided.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -79,9 +80,9 @@ fn compile(definition: &str, version: u32) -> Option<Journey> {
 /// A workspace's journeys and templates.
 struct Defs {
     /// Current versions, with their status.
-    current: Vec<(Journey, String)>,
+    current: Vec<(Arc<Journey>, String)>,
     /// Every version runs were started on, loaded when needed.
-    versions: HashMap<(String, u32), Option<Journey>>,
+    versions: HashMap<(String, u32), Option<Arc<Journey>>>,
     templates: HashMap<String, Template>,
 }
 
@@ -100,7 +101,7 @@ fn load_defs(conn: &Connection, ws: i64) -> Result<Defs, StoreError> {
     for row in rows {
         let (definition, version, status) = row?;
         if let Some(j) = compile(&definition, version as u32) {
-            current.push((j, status));
+            current.push((Arc::new(j), status));
         }
     }
     let mut templates = HashMap::new();
@@ -277,7 +278,7 @@ impl<'t> Decider<'t> {
     }
 
     /// The journey a run started on, at the version it started on.
-    fn version(&mut self, ws: i64, id: &str, version: u32) -> Result<Option<Journey>, StoreError> {
+    fn version(&mut self, ws: i64, id: &str, version: u32) -> Result<Option<Arc<Journey>>, StoreError> {
         let tx = self.tx;
         let defs = self.defs(ws)?;
         if let Some(j) = defs
@@ -294,7 +295,7 @@ impl<'t> Decider<'t> {
                 .query_row(params![ws, id, version], |r| r.get(0))
                 .optional()?;
             defs.versions
-                .insert(key.clone(), definition.and_then(|d| compile(&d, version)));
+                .insert(key.clone(), definition.and_then(|d| compile(&d, version)).map(Arc::new));
         }
         Ok(defs.versions[&key].clone())
     }
@@ -324,7 +325,11 @@ impl<'t> Decider<'t> {
         let mut runs = vec![];
         let mut stmt = self
             .tx
-            .prepare_cached("SELECT state FROM journey_runs WHERE ws = ?1 AND profile = ?2 ORDER BY entered_at, run")?;
+            // The index is named: without statistics the planner prefers walking every run of the workspace.
+            .prepare_cached(
+                "SELECT state FROM journey_runs INDEXED BY journey_runs_by_profile
+                 WHERE ws = ?1 AND profile = ?2 ORDER BY entered_at, run",
+            )?;
         for state in stmt.query_map(params![ws, profile], |r| r.get::<_, String>(0))? {
             runs.push(serde_json::from_str(&state?)?);
         }
@@ -371,7 +376,7 @@ impl<'t> Decider<'t> {
             })
             .collect();
         let others = self.others(ws, who, j)?;
-        let excluded_by = run::excluder(j, others.iter().map(|(j, r)| (j, *r)));
+        let excluded_by = run::excluder(j, others.iter().map(|(j, r)| (&**j, *r)));
         Ok(StoreEnv {
             now: self.now,
             who,
@@ -389,7 +394,7 @@ impl<'t> Decider<'t> {
         ws: i64,
         who: &'w Who,
         j: &Journey,
-    ) -> Result<Vec<(Journey, &'w Run)>, StoreError> {
+    ) -> Result<Vec<(Arc<Journey>, &'w Run)>, StoreError> {
         let defs = self.defs(ws)?;
         Ok(who
             .runs
@@ -554,7 +559,7 @@ impl<'t> Decider<'t> {
                 self.record(ws, &who, i, fx, None)?;
             }
         }
-        let triggered: Vec<Journey> = self
+        let triggered: Vec<Arc<Journey>> = self
             .defs(ws)?
             .current
             .iter()
@@ -596,7 +601,7 @@ impl<'t> Decider<'t> {
         let preempt = match run::admit(
             j,
             &own,
-            others.iter().map(|(j, r)| (j, *r)),
+            others.iter().map(|(j, r)| (&**j, *r)),
             recent,
             self.now,
         ) {
@@ -971,7 +976,7 @@ impl crate::Store {
     ) -> Result<Vec<RunView>, StoreError> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT r.state, v.definition FROM p.journey_runs r
+                "SELECT r.state, v.definition FROM p.journey_runs r INDEXED BY journey_runs_by_profile
                  LEFT JOIN p.journey_versions v ON v.ws = r.ws AND v.id = r.journey
                      AND v.version = json_extract(r.state, '$.version')
                  WHERE r.ws = ?1 AND r.profile = ?2 ORDER BY r.entered_at DESC, r.run DESC",

@@ -201,7 +201,8 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.set_prepared_statement_cache_capacity(64);
+    // Every statement the projector runs stays prepared (it runs well over a hundred distinct ones).
+    conn.set_prepared_statement_cache_capacity(256);
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;

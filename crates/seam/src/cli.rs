@@ -67,6 +67,19 @@ pub struct DataArg {
 pub enum BenchCommand {
     /// Ingest throughput and acknowledgement latency: HTTP batches to durable events applied to profiles.
     Ingest(IngestBench),
+    /// Journey throughput on the store: runs started by events, then timers firing and sending, on a
+    /// virtual clock.
+    Journeys(JourneysBench),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct JourneysBench {
+    /// People, each with one run waiting on a timer.
+    #[arg(long, default_value_t = 100_000)]
+    pub people: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -35,6 +35,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Ingest(args)) => {
             runtime()?.block_on(crate::bench::ingest(args))
         }
+        Command::Bench(BenchCommand::Journeys(args)) => {
+            runtime()?.block_on(crate::bench::journeys::run(args))
+        }
     }
 }
 

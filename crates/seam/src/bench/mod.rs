@@ -1,6 +1,7 @@
 //! `seam bench …`: drives a real `seam serve` process over HTTP with generated shop traffic and reports what it
 //! measured. The server runs as a child process on a fresh data folder, so its resident memory is its own.
 
+pub mod journeys;
 pub mod shop;
 
 use std::path::Path;
@@ -99,17 +100,22 @@ impl ServerProcess {
         let Some(pid) = self.child.as_ref().and_then(|c| c.id()) else {
             return (0.0, 0.0);
         };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-                .map_or(0.0, |kib| kib / 1024.0)
-        };
-        (field("VmHWM:"), field("VmRSS:"))
+        memory_of(&pid.to_string())
     }
+}
+
+/// (peak, current) resident memory of a process (`self` or a pid) in MiB, from `/proc`.
+fn memory_of(pid: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
 }
 
 /// A minimal HTTP/1.1 keep-alive client, so that the load generator spends as little of the machine as it can.
