@@ -278,7 +278,12 @@ impl<'t> Decider<'t> {
     }
 
     /// The journey a run started on, at the version it started on.
-    fn version(&mut self, ws: i64, id: &str, version: u32) -> Result<Option<Arc<Journey>>, StoreError> {
+    fn version(
+        &mut self,
+        ws: i64,
+        id: &str,
+        version: u32,
+    ) -> Result<Option<Arc<Journey>>, StoreError> {
         let tx = self.tx;
         let defs = self.defs(ws)?;
         if let Some(j) = defs
@@ -294,8 +299,10 @@ impl<'t> Decider<'t> {
                 .prepare_cached("SELECT definition FROM journey_versions WHERE ws = ?1 AND id = ?2 AND version = ?3")?
                 .query_row(params![ws, id, version], |r| r.get(0))
                 .optional()?;
-            defs.versions
-                .insert(key.clone(), definition.and_then(|d| compile(&d, version)).map(Arc::new));
+            defs.versions.insert(
+                key.clone(),
+                definition.and_then(|d| compile(&d, version)).map(Arc::new),
+            );
         }
         Ok(defs.versions[&key].clone())
     }
@@ -794,6 +801,16 @@ pub(crate) fn apply_step(conn: &Connection, ws: i64, event: &Event) -> Result<()
         .and_then(Value::as_str)
         .and_then(|s| ProfileId::parse(s).ok())
         .map(|id| crate::process::key(&id));
+    // The person as they are now: a step decided before a merge and replayed after it lands on the survivor,
+    // as the merge moved it live.
+    let profile = match profile {
+        Some(k) => conn
+            .prepare_cached("SELECT COALESCE(merged_into, profile) FROM profiles WHERE ws = ?1 AND profile = ?2")?
+            .query_row(params![ws, k], |r| r.get::<_, i64>(0))
+            .optional()?
+            .or(Some(k)),
+        None => None,
+    };
     if let (Some(state), Some(profile)) = (p.get("state"), profile) {
         let run: Run = serde_json::from_value(state.clone())?;
         conn.prepare_cached(

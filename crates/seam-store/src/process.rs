@@ -487,6 +487,13 @@ impl Processor {
                 "DELETE FROM computed_traits WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
                 "UPDATE identities SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
                 "UPDATE timeline SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
+                // The person's journey runs follow them (the anonymous visitor's cart reminder goes on once
+                // they log in).
+                "UPDATE journey_runs SET profile = ?3 WHERE ws = ?1 AND run IN
+                 (SELECT run FROM journey_runs INDEXED BY journey_runs_by_profile WHERE ws = ?1 AND profile = ?2)",
+                "UPDATE pending_journey_events SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
+                "UPDATE messages SET profile = ?3 WHERE ws = ?1 AND key IN
+                 (SELECT key FROM messages INDEXED BY messages_by_profile WHERE ws = ?1 AND profile = ?2)",
                 "UPDATE profiles SET merged_into = ?3, state = NULL WHERE ws = ?1 AND profile = ?2",
                 // Found through the index first: with the indexed column in SET, SQLite would scan the workspace.
                 "UPDATE profiles SET merged_into = ?3 WHERE ws = ?1 AND profile IN

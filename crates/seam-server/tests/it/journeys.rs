@@ -858,3 +858,56 @@ async fn the_dispatcher_signs_webhooks_retries_on_a_schedule_keeps_dead_letters_
     seam_store::rebuild(&app.data_dir()).unwrap();
     assert!(live == seam_store::dump_projections(&app.data_dir()).unwrap());
 }
+
+#[tokio::test]
+async fn a_run_started_by_an_anonymous_visitor_follows_them_when_they_log_in() {
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let template = json!({"variants": {"email": {"subject": "{{ event.properties.name }} is waiting", "body": "b"}}});
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/cart", Some(template))
+            .await
+            .0,
+        201
+    );
+    let journey = "trigger: { event: Product Added }\nstart: wait\nnodes:\n  wait: { type: wait, for: 20 minutes, next: mail }\n  mail: { type: send, channel: email, template: cart, category: transactional }\n";
+    assert_eq!(
+        app.put_text("/v1/journeys/cart", "application/yaml", journey)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/cart/activate", None)
+            .await
+            .0,
+        200
+    );
+    // The customer is known from an earlier visit; today they browse anonymously on a new device.
+    let known = json!({"userId": "m1", "messageId": "m1", "traits": {"email": "m1@example.com"}});
+    assert_eq!(app.send("/v1/identify", known).await.0, 200);
+    let now = seam_core::clock::format_rfc3339(seam_core::Clock::now_ms(&app.clock));
+    let browse = json!({"anonymousId": "device-7", "event": "Product Added", "messageId": "pa",
+                        "properties": {"name": "Kettle"}, "timestamp": now});
+    assert_eq!(app.send("/v1/track", browse).await.0, 200);
+    let (_, v) = app.get("/v1/profiles/anonymous_id:device-7/journeys").await;
+    assert_eq!(v["journeys"][0]["status"], "active", "{v}");
+    // They log in on that device: the anonymous profile merges into theirs, and the run comes along.
+    let login = json!({"userId": "m1", "anonymousId": "device-7", "messageId": "login"});
+    assert_eq!(app.send("/v1/identify", login).await.0, 200);
+    let (_, v) = app.get("/v1/profiles/user_id:m1/journeys").await;
+    assert_eq!(v["journeys"].as_array().unwrap().len(), 1, "{v}");
+    app.clock.advance(Duration::from_secs(20 * 60));
+    let m = sent_to(&app, "m1").await;
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0].1["address"], "email:m1@example.com");
+    assert_eq!(m[0].1["content"]["subject"], "Kettle is waiting");
+    app.store.caught_up().await;
+    app.store.shutdown();
+    let live = seam_store::dump_projections(&app.data_dir()).unwrap();
+    seam_store::rebuild(&app.data_dir()).unwrap();
+    assert!(
+        live == seam_store::dump_projections(&app.data_dir()).unwrap(),
+        "the merge and the run rebuild alike"
+    );
+}
