@@ -77,6 +77,12 @@ pub struct JourneysBench {
     /// People, each with one run waiting on a timer.
     #[arg(long, default_value_t = 100_000)]
     pub people: usize,
+    /// For the latency phase: people per second who order (each order is sent a confirmation at once), on the
+    /// real clock, for `latency_secs`.
+    #[arg(long, default_value_t = 1_000)]
+    pub latency_rate: usize,
+    #[arg(long, default_value_t = 10)]
+    pub latency_secs: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

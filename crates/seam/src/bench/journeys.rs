@@ -3,7 +3,9 @@
 //! `people` people sign up; an active journey ("wait 1 hour, then an e-mail") starts a run for each, which then
 //! waits on its timer. The clock is moved on by the hour and every timer fires: a step each, with its message
 //! rendered into the outbox. Reported: runs started per second (event applied → run decided and recorded),
-//! timers fired per second (each a step with a send), and the process's peak memory.
+//! timers fired per second (each a step with a send), and the process's peak memory. Then, on the real clock,
+//! people order at a steady rate and a journey confirms each at once: the time from an order's
+//! acknowledgement to the decision that sends its confirmation.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,12 @@ pub struct JourneysReport {
     pub fire_secs: f64,
     pub timers_fired_per_sec: f64,
     pub messages: usize,
+    /// Latency phase: people per second offered, and from the acknowledgement of an order to the decision
+    /// that sends its confirmation (the start of the projector pass that made it).
+    pub latency_rate: usize,
+    pub decision_p50_ms: f64,
+    pub decision_p99_ms: f64,
+    pub decision_max_ms: f64,
     pub peak_rss_mib: f64,
     pub data_folder_mib: f64,
 }
@@ -55,6 +63,92 @@ fn event(kind: EventType, id: String, user: usize, at: i64) -> LogRow {
     }
     let body = serde_json::to_string(&e).expect("an event serialises");
     LogRow::new(e, body)
+}
+
+/// On the real clock: `latency_rate` people a second order, and an active journey sends each a confirmation at
+/// once. Returns (p50, p99, max) in ms from each order's acknowledgement to the decision that sends it.
+async fn latency(args: &JourneysBench) -> anyhow::Result<(f64, f64, f64)> {
+    let temp = tempfile::tempdir()?;
+    let data = temp.path().join("data");
+    let clock = SystemClock;
+    let t0 = clock.now_ms();
+    seam_store::workspace::init_data_dir(&data, t0)?;
+    let store = Store::open(&data, StoreOptions::default(), Arc::new(SystemClock))?;
+    let ws = WorkspaceKey(1);
+    let template = json!({"id": "confirm", "name": "confirm", "variants": {"email": {"subject": "Order received", "body": "Thank you."}}});
+    store
+        .define(
+            ws,
+            DefinitionKind::Template,
+            "confirm",
+            "confirm",
+            &template.to_string(),
+            t0,
+        )
+        .await?;
+    let journey = json!({"id": "confirm", "trigger": {"event": "Signed Up"}, "start": "mail", "nodes": {
+        "mail": {"type": "send", "channel": "email", "template": "confirm", "category": "transactional"}}});
+    store
+        .define(
+            ws,
+            DefinitionKind::Journey,
+            "confirm",
+            "confirm",
+            &journey.to_string(),
+            t0,
+        )
+        .await?;
+    store
+        .set_journey_status(ws, "confirm", "active", t0)
+        .await?;
+    eprintln!(
+        "{} orders a second for {} s…",
+        args.latency_rate, args.latency_secs
+    );
+    let total = args.latency_rate * args.latency_secs;
+    let per_tick = (args.latency_rate / 100).max(1);
+    let mut acked = vec![0i64; total];
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut next = 0;
+    while next < total {
+        tick.tick().await;
+        let end = (next + per_tick).min(total);
+        let rows = (next..end)
+            .flat_map(|u| {
+                let at = clock.now_ms();
+                [
+                    event(EventType::Identify, format!("i{u}"), u, at),
+                    event(EventType::Track, format!("t{u}"), u, at),
+                ]
+            })
+            .collect();
+        store.append(ws, rows).await?;
+        let at = clock.now_ms();
+        acked[next..end].iter_mut().for_each(|a| *a = at);
+        next = end;
+    }
+    store.caught_up().await;
+    let mut ms: Vec<i64> = store
+        .messages(ws, Some("confirm"), None, None, total + 1)?
+        .iter()
+        .filter_map(|m| {
+            let u: usize = m
+                .address
+                .strip_prefix("email:u")?
+                .strip_suffix("@example.com")?
+                .parse()
+                .ok()?;
+            let decided = seam_core::clock::parse_rfc3339(&m.created_at)?;
+            Some((decided - acked[u]).max(0))
+        })
+        .collect();
+    store.shutdown();
+    if ms.len() != total {
+        anyhow::bail!("{} of {total} confirmations were decided", ms.len());
+    }
+    ms.sort_unstable();
+    let at = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize] as f64;
+    Ok((at(0.5), at(0.99), *ms.last().unwrap_or(&0) as f64))
 }
 
 /// `seam bench journeys`.
@@ -120,6 +214,8 @@ pub async fn run(args: JourneysBench) -> anyhow::Result<()> {
         .messages(ws, Some("welcome"), None, None, usize::MAX >> 1)?
         .len();
     store.shutdown();
+    let data_folder_mib = super::dir_size(&data) as f64 / 1_048_576.0;
+    let (p50, p99, max) = latency(&args).await?;
     let report = JourneysReport {
         people: args.people,
         start_secs,
@@ -128,8 +224,12 @@ pub async fn run(args: JourneysBench) -> anyhow::Result<()> {
         fire_secs,
         timers_fired_per_sec: pending_timers as f64 / fire_secs,
         messages,
+        latency_rate: args.latency_rate,
+        decision_p50_ms: p50,
+        decision_p99_ms: p99,
+        decision_max_ms: max,
         peak_rss_mib: super::memory_of("self").0,
-        data_folder_mib: super::dir_size(&data) as f64 / 1_048_576.0,
+        data_folder_mib,
     };
     print_report(&report, args.json)
 }
@@ -150,6 +250,10 @@ fn print_report(r: &JourneysReport, json: bool) -> anyhow::Result<()> {
         r.pending_timers, r.fire_secs, r.timers_fired_per_sec
     );
     println!("messages           {}", r.messages);
+    println!(
+        "ack → send decision p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} orders/s, real clock)",
+        r.decision_p50_ms, r.decision_p99_ms, r.decision_max_ms, r.latency_rate
+    );
     println!("memory             peak {:.0} MiB", r.peak_rss_mib);
     println!("data folder        {:.0} MiB", r.data_folder_mib);
     Ok(())
