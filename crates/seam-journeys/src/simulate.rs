@@ -457,12 +457,7 @@ impl World {
         Ok(world)
     }
 
-    /// Runs the script and the clock to the end, and reports.
-    pub fn run(mut self) -> Report {
-        self.run_until(self.end);
-        self.report(String::new())
-    }
-
+    /// What happened, with the statistics; runs still waiting are counted as `waiting`.
     pub fn report(mut self, name: String) -> Report {
         for r in &self.runs {
             if r.is_active() {

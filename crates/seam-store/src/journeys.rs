@@ -441,7 +441,7 @@ impl<'t> Decider<'t> {
             return self.drop_timer(ws, run_id);
         }
         who.runs[i] = run;
-        self.record(ws, &who, i, fx, None)
+        self.record(ws, &who, i, fx)
     }
 
     /// A timer that can no longer fire anything is cleared rather than polled again.
@@ -563,7 +563,7 @@ impl<'t> Decider<'t> {
             };
             if !fx.is_empty() || run != who.runs[i] {
                 who.runs[i] = run;
-                self.record(ws, &who, i, fx, None)?;
+                self.record(ws, &who, i, fx)?;
             }
         }
         let triggered: Vec<Arc<Journey>> = self
@@ -619,7 +619,7 @@ impl<'t> Decider<'t> {
         for id in preempt {
             if let Some(i) = who.runs.iter().position(|r| r.id == id) {
                 let fx = run::preempt(&mut who.runs[i], &j.id, self.now);
-                self.record(ws, who, i, fx, None)?;
+                self.record(ws, who, i, fx)?;
             }
         }
         let (run, fx) = {
@@ -634,18 +634,11 @@ impl<'t> Decider<'t> {
         };
         who.runs.push(run);
         let i = who.runs.len() - 1;
-        self.record(ws, who, i, fx, Some(j))
+        self.record(ws, who, i, fx)
     }
 
     /// Decides a step of run `i`: one `journey_step` event with the run's state, its messages and effects.
-    fn record(
-        &mut self,
-        ws: i64,
-        who: &Who,
-        i: usize,
-        fx: Vec<Effect>,
-        _j: Option<&Journey>,
-    ) -> Result<(), StoreError> {
+    fn record(&mut self, ws: i64, who: &Who, i: usize, fx: Vec<Effect>) -> Result<(), StoreError> {
         let run = &who.runs[i];
         let mut messages = vec![];
         let mut effects = vec![];

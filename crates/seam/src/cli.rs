@@ -81,6 +81,7 @@ pub struct JourneysBench {
     /// real clock, for `latency_secs`.
     #[arg(long, default_value_t = 1_000)]
     pub latency_rate: usize,
+    /// How long the latency phase offers its load, in seconds.
     #[arg(long, default_value_t = 10)]
     pub latency_secs: usize,
     /// Print the report as JSON.

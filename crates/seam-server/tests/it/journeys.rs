@@ -911,3 +911,86 @@ async fn a_run_started_by_an_anonymous_visitor_follows_them_when_they_log_in() {
         "the merge and the run rebuild alike"
     );
 }
+
+#[tokio::test]
+async fn a_campaign_reaches_everyone_in_its_segment_once_at_its_time() {
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/v1/segments",
+            Some(json!({"name": "Subscribers", "definition": "trait subscribed = true"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let template = json!({"variants": {"email": {"subject": "Winter sale", "body": "b"}, "sms": {"text": "Winter sale"}}});
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/sale", Some(template))
+            .await
+            .0,
+        201
+    );
+    let at = seam_core::clock::format_rfc3339(seam_core::Clock::now_ms(&app.clock) + 3_600_000);
+    let journey = format!(
+        "trigger: {{ schedule: {{ at: \"{at}\", segment: Subscribers }} }}\nstart: announce\nnodes:\n  announce: {{ type: first_reachable, channels: [email, sms], template: sale }}\n"
+    );
+    assert_eq!(
+        app.put_text("/v1/journeys/sale", "application/yaml", &journey)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/sale/activate", None)
+            .await
+            .0,
+        200
+    );
+    for (user, traits) in [
+        (
+            "c1",
+            json!({"subscribed": true, "email": "c1@example.com", "phone": "+79123450001", "consent": {"email": true, "sms": true}}),
+        ),
+        (
+            "c2",
+            json!({"subscribed": true, "phone": "+79123450002", "consent": {"sms": true}}),
+        ),
+        (
+            "c3",
+            json!({"subscribed": true, "email": "c3@example.com", "phone": "+79123450003", "consent": {"sms": true}}),
+        ),
+        (
+            "c4",
+            json!({"subscribed": false, "email": "c4@example.com", "consent": {"email": true}}),
+        ),
+    ] {
+        let body = json!({"userId": user, "messageId": user, "traits": traits});
+        assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    }
+    assert!(app.get("/v1/messages").await.1["messages"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    app.clock.advance(Duration::from_secs(3_600));
+    let channels = |m: Vec<(String, Value)>| m.into_iter().map(|(c, _)| c).collect::<Vec<_>>();
+    assert_eq!(channels(sent_to(&app, "c1").await), ["email"]);
+    assert_eq!(channels(sent_to(&app, "c2").await), ["sms"]);
+    assert_eq!(
+        channels(sent_to(&app, "c3").await),
+        ["sms"],
+        "no e-mail consent"
+    );
+    assert!(sent_to(&app, "c4").await.is_empty(), "not in the segment");
+    // A one-off campaign fires once.
+    app.clock.advance(Duration::from_secs(86_400));
+    assert_eq!(
+        app.get("/v1/messages").await.1["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let (_, st) = app.get("/v1/journeys/sale/stats").await;
+    assert_eq!(st["entered"], 3, "{st}");
+}
