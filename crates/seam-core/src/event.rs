@@ -48,6 +48,8 @@ pub enum EventType {
     /// A message was handed to its channel, failed an attempt, went to the dead letters or was requeued
     /// (system event).
     MessageDelivery,
+    /// An address was put on the suppression list or taken off it (system event).
+    Suppression,
 }
 
 impl EventType {
@@ -75,6 +77,7 @@ impl EventType {
             Self::JourneyEnter => "journey_enter",
             Self::JourneyStep => "journey_step",
             Self::MessageDelivery => "message_delivery",
+            Self::Suppression => "suppression",
         }
     }
 
@@ -95,7 +98,8 @@ impl EventType {
             | Self::JourneyStatus
             | Self::JourneyEnter
             | Self::JourneyStep
-            | Self::MessageDelivery => EventKind::System,
+            | Self::MessageDelivery
+            | Self::Suppression => EventKind::System,
             _ => EventKind::Received,
         }
     }
@@ -124,6 +128,7 @@ impl EventType {
             "journey_enter" => Self::JourneyEnter,
             "journey_step" => Self::JourneyStep,
             "message_delivery" => Self::MessageDelivery,
+            "suppression" => Self::Suppression,
             _ => return None,
         })
     }

@@ -5,7 +5,7 @@
 //! | `invalid_json`, `invalid_utf8`, `too_deep`, `invalid_body`, `invalid_form`, `invalid_gzip`, `invalid_events`, `invalid_reference`, `invalid_query`, `invalid_segment`, `invalid_computed_trait`, `invalid_template`, `invalid_journey` | 400 |
 //! | `missing_key`, `invalid_key` | 401 |
 //! | `forbidden` | 403 |
-//! | `not_found`, `profile_not_found`, `segment_not_found`, `computed_trait_not_found`, `template_not_found`, `journey_not_found`, `message_not_found` | 404 |
+//! | `not_found`, `profile_not_found`, `segment_not_found`, `computed_trait_not_found`, `template_not_found`, `journey_not_found`, `message_not_found`, `not_suppressed` | 404 |
 //! | `method_not_allowed` | 405 |
 //! | `segment_in_use`, `template_in_use`, `journey_active`, `journey_not_active`, `not_a_dead_letter` | 409 |
 //! | `payload_too_large` | 413 |

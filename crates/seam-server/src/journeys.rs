@@ -814,3 +814,89 @@ pub(crate) async fn replay_message(
         )),
     }
 }
+
+/// An address in a path: `type:value`, normalised as at ingest (`email:Anna@Example.com` → `email:anna@example.com`).
+fn address(raw: &str, state: &AppState) -> Result<String, ApiError> {
+    match parse_reference(raw, state)? {
+        seam_store::ProfileRef::Identifier(id) => Ok(id.to_string()),
+        seam_store::ProfileRef::Id(_) => Err(ApiError::new(
+            400,
+            "invalid_reference",
+            format!(
+                "{raw:?} is a profile id; an address is type:value such as email:anna@example.com"
+            ),
+        )),
+    }
+}
+
+/// `GET /v1/suppressions`: addresses no message goes to, newest first.
+pub(crate) async fn list_suppressions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let store = state.store.clone();
+    let list = blocking(move || store.suppressions(ws, 1_000)).await?;
+    Ok(Json(json!({ "suppressions": list })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SuppressBody {
+    reason: String,
+}
+
+/// `PUT /v1/suppressions/{address}` `{"reason": …}`: no message goes to the address any more.
+pub(crate) async fn put_suppression(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<SuppressBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(400, "invalid_body", e.body_text()).with_errors(vec![ErrorItem {
+            index: None,
+            field: "reason".into(),
+            reason: "a reason is required (complaint, unsubscribed, erased, …)".into(),
+        }])
+    })?;
+    if body.reason.trim().is_empty() || body.reason.len() > 200 {
+        return Err(ApiError::new(
+            400,
+            "invalid_body",
+            "reason: 1–200 characters",
+        ));
+    }
+    let address = address(&raw, &state)?;
+    state
+        .store
+        .set_suppression(ws, &address, Some(body.reason.trim()), state.clock.now_ms())
+        .await
+        .map_err(ApiError::from_store)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/suppressions/{address}`: messages may go to the address again.
+pub(crate) async fn delete_suppression(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let ws = auth::for_management(&state, &headers)?;
+    let address = address(&raw, &state)?;
+    let (store, a) = (state.store.clone(), address.clone());
+    if !blocking(move || store.is_suppressed(ws, &a)).await? {
+        return Err(ApiError::new(
+            404,
+            "not_suppressed",
+            format!("{address:?} is not on the suppression list"),
+        ));
+    }
+    state
+        .store
+        .set_suppression(ws, &address, None, state.clock.now_ms())
+        .await
+        .map_err(ApiError::from_store)?;
+    Ok(StatusCode::NO_CONTENT)
+}

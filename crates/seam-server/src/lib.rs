@@ -129,6 +129,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages", get(journeys::messages))
         .route("/v1/messages/{key}/outcome", post(journeys::report_outcome))
         .route("/v1/messages/{key}/replay", post(journeys::replay_message))
+        .route("/v1/suppressions", get(journeys::list_suppressions))
+        .route(
+            "/v1/suppressions/{address}",
+            axum::routing::put(journeys::put_suppression).delete(journeys::delete_suppression),
+        )
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))

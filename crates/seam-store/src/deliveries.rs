@@ -5,6 +5,10 @@
 //! time from the back-off schedule); `dead` (the attempts are exhausted: the dead letters); `requeued` (a dead
 //! letter sent again by the API). The `deliveries` table is the projection of those events, so a rebuild knows
 //! what was sent and sends nothing again.
+//!
+//! The suppression list lives here too: addresses no message goes to. A bounce puts the address on it (from the
+//! `Message Bounced` event itself, so a rebuild agrees); the API adds and removes addresses with `suppression`
+//! events.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use seam_core::clock::format_rfc3339;
@@ -199,6 +203,114 @@ impl Store {
         now: Millis,
     ) -> Result<(), StoreError> {
         let event = Event::system(message_id, EventType::MessageDelivery, now, props);
+        let body = serde_json::to_string(&event)?;
+        self.append(ws, vec![LogRow::new(event, body)]).await?;
+        self.caught_up().await;
+        Ok(())
+    }
+}
+
+/// A `Message Bounced` event: the message's address goes on the suppression list.
+pub(crate) fn suppress_bounced(
+    conn: &Connection,
+    ws: i64,
+    event: &Event,
+) -> Result<(), StoreError> {
+    let Some(key) = event.properties.get("message_id").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO suppressions (ws, address, reason, since)
+         SELECT ws, address, 'bounced', ?3 FROM messages WHERE ws = ?1 AND key = ?2 AND channel != 'webhook'",
+    )?
+    .execute(params![ws, key, event.timestamp])?;
+    Ok(())
+}
+
+/// A `suppression` event from the API.
+pub(crate) fn apply_suppression(
+    conn: &Connection,
+    ws: i64,
+    event: &Event,
+) -> Result<(), StoreError> {
+    let s = |k: &str| {
+        event
+            .properties
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if s("action") == "remove" {
+        conn.prepare_cached("DELETE FROM suppressions WHERE ws = ?1 AND address = ?2")?
+            .execute(params![ws, s("address")])?;
+    } else {
+        conn.prepare_cached("INSERT OR REPLACE INTO suppressions (ws, address, reason, since) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![ws, s("address"), s("reason"), event.timestamp])?;
+    }
+    Ok(())
+}
+
+/// Which of `addresses` are on the suppression list.
+pub(crate) fn suppressed_of(
+    conn: &Connection,
+    ws: i64,
+    addresses: impl IntoIterator<Item = String>,
+) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stmt =
+        conn.prepare_cached("SELECT 1 FROM suppressions WHERE ws = ?1 AND address = ?2")?;
+    for a in addresses {
+        if stmt.exists(params![ws, a])? {
+            out.insert(a);
+        }
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// The suppression list, newest first.
+    pub fn suppressions(&self, ws: WorkspaceKey, limit: usize) -> Result<Vec<Value>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT address, reason, since FROM p.suppressions WHERE ws = ?1 ORDER BY since DESC, address LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![ws.0, limit as i64], |r| {
+                Ok(json!({"address": r.get::<_, String>(0)?, "reason": r.get::<_, String>(1)?,
+                          "since": format_rfc3339(r.get(2)?)}))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    pub fn is_suppressed(&self, ws: WorkspaceKey, address: &str) -> Result<bool, StoreError> {
+        self.with_reader(|c| {
+            Ok(
+                c.prepare_cached("SELECT 1 FROM p.suppressions WHERE ws = ?1 AND address = ?2")?
+                    .exists(params![ws.0, address])?,
+            )
+        })
+    }
+
+    /// Puts an address (`type:value`) on the suppression list, or takes it off: a `suppression` event.
+    pub async fn set_suppression(
+        &self,
+        ws: WorkspaceKey,
+        address: &str,
+        reason: Option<&str>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let token = crate::workspace::random_token("", 8)?;
+        let props = match reason {
+            Some(r) => json!({"action": "add", "address": address, "reason": r}),
+            None => json!({"action": "remove", "address": address}),
+        };
+        let event = Event::system(
+            format!("$seam:suppression:{token}"),
+            EventType::Suppression,
+            now,
+            props.as_object().cloned().unwrap_or_default(),
+        );
         let body = serde_json::to_string(&event)?;
         self.append(ws, vec![LogRow::new(event, body)]).await?;
         self.caught_up().await;

@@ -384,13 +384,18 @@ impl<'t> Decider<'t> {
             .collect();
         let others = self.others(ws, who, j)?;
         let excluded_by = run::excluder(j, others.iter().map(|(j, r)| (&**j, *r)));
+        let suppressed = crate::deliveries::suppressed_of(
+            self.tx,
+            ws,
+            who.data.identities.iter().map(|(t, v)| format!("{t}:{v}")),
+        )?;
         Ok(StoreEnv {
             now: self.now,
             who,
             policy: &delivery.policy,
             sent,
             bought,
-            suppressed: BTreeSet::new(),
+            suppressed,
             excluded_by,
         })
     }

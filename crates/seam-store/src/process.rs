@@ -336,6 +336,9 @@ impl Processor {
         let profile = key(&r.profile);
         self.state(conn, ws, profile)?.apply(event, seq);
         self.queue_evaluation(conn, seq, ws, profile)?;
+        if event.kind == EventType::Track && event.event.as_deref() == Some("Message Bounced") {
+            crate::deliveries::suppress_bounced(conn, ws, event)?;
+        }
         if event.kind == EventType::Track {
             self.queue_for_journeys(conn, seq, ws, profile)?;
         }
@@ -432,6 +435,9 @@ impl Processor {
         }
         if event.kind == EventType::MessageDelivery {
             crate::deliveries::apply(conn, ws, event)?;
+        }
+        if event.kind == EventType::Suppression {
+            crate::deliveries::apply_suppression(conn, ws, event)?;
         }
         let Some(target) = event.properties.get("profile_id").and_then(Value::as_str) else {
             return Ok(());

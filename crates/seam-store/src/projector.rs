@@ -98,6 +98,8 @@ struct Slim<'a> {
     #[serde(rename = "type")]
     kind: seam_core::EventType,
     #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
     previous_id: Option<String>,
     #[serde(default)]
     identifiers: Vec<seam_core::Identifier>,
@@ -112,12 +114,16 @@ struct Slim<'a> {
 fn slim_event(body: &str) -> Result<Event, StoreError> {
     let s: Slim<'_> = serde_json::from_str(body)?;
     let mut e = Event::system(s.message_id, s.kind, s.timestamp, serde_json::Map::new());
-    if s.kind.kind() == seam_core::EventKind::System {
+    // System events are read whole; of received ones only a bounce (its message's address is suppressed).
+    if s.kind.kind() == seam_core::EventKind::System
+        || s.event.as_deref() == Some("Message Bounced")
+    {
         if let Some(raw) = s.properties {
             e.properties = serde_json::from_str(raw.get())?;
         }
     }
     e.source = None;
+    e.event = s.event;
     e.previous_id = s.previous_id;
     e.identifiers = s.identifiers;
     e.traits = s.traits;

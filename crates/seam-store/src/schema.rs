@@ -279,6 +279,19 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status IN ('pending', 'retry');
     "#,
     ),
+    (
+        8,
+        r#"
+    -- Addresses (`type:value`) no message goes to, not even a transactional one: bounced, or put there by hand.
+    CREATE TABLE suppressions (
+        ws INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (ws, address)
+    ) WITHOUT ROWID;
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.
@@ -300,6 +313,7 @@ pub const PROJECTION_TABLES: &[&str] = &[
     "journey_stats",
     "journey_schedules",
     "deliveries",
+    "suppressions",
 ];
 
 /// Scheduling tables of projections.db: emptied by a rebuild, not compared (they depend on when things ran).

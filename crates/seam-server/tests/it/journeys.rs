@@ -994,3 +994,97 @@ async fn a_campaign_reaches_everyone_in_its_segment_once_at_its_time() {
     let (_, st) = app.get("/v1/journeys/sale/stats").await;
     assert_eq!(st["entered"], 3, "{st}");
 }
+
+#[tokio::test]
+async fn a_bounce_puts_the_address_on_the_suppression_list_and_nothing_more_goes_there() {
+    let app = spawn_app().await;
+    let template = json!({"variants": {"email": {"subject": "Your order", "body": "b"}}});
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/order", Some(template))
+            .await
+            .0,
+        201
+    );
+    let journey = "trigger: { event: Order Completed }\nreentry: after_exit\nstart: m\nnodes: { m: { type: send, channel: email, template: order, category: transactional } }\n";
+    assert_eq!(
+        app.put_text("/v1/journeys/orders", "application/yaml", journey)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/orders/activate", None)
+            .await
+            .0,
+        200
+    );
+    let body = json!({"userId": "b1", "messageId": "b1", "traits": {"email": "b1@example.com"}});
+    assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    track_at_now(&app, "b1", "Order Completed", json!({}), "o1").await;
+    let key = sent_to(&app, "b1").await[0].1["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/messages/{key}/outcome"),
+            Some(json!({"outcome": "bounced"})),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let (_, v) = app.get("/v1/suppressions").await;
+    assert_eq!(
+        v["suppressions"][0]["address"], "email:b1@example.com",
+        "{v}"
+    );
+    assert_eq!(v["suppressions"][0]["reason"], "bounced");
+    // Even a transactional message is held back now, with the reason.
+    track_at_now(&app, "b1", "Order Completed", json!({}), "o2").await;
+    assert_eq!(sent_to(&app, "b1").await.len(), 1);
+    let (_, st) = app.get("/v1/journeys/orders/stats").await;
+    assert_eq!(st["nodes"]["m"]["held:suppressed"], 1, "{st}");
+    // Taken off the list (the address is normalised as at ingest), the next order's message goes.
+    let (s, _) = app
+        .call(
+            Method::DELETE,
+            "/v1/suppressions/email:B1@Example.com",
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, v) = app
+        .call(
+            Method::DELETE,
+            "/v1/suppressions/email:b1@example.com",
+            None,
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("not_suppressed")));
+    track_at_now(&app, "b1", "Order Completed", json!({}), "o3").await;
+    assert_eq!(sent_to(&app, "b1").await.len(), 2);
+    // By hand: a complaint.
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            "/v1/suppressions/email:b1@example.com",
+            Some(json!({"reason": "complaint"})),
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            "/v1/suppressions/email:b1@example.com",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (_, v) = app.get("/v1/suppressions").await;
+    assert_eq!(v["suppressions"][0]["reason"], "complaint");
+    app.store.caught_up().await;
+    app.store.shutdown();
+    let live = seam_store::dump_projections(&app.data_dir()).unwrap();
+    seam_store::rebuild(&app.data_dir()).unwrap();
+    assert!(live == seam_store::dump_projections(&app.data_dir()).unwrap());
+}

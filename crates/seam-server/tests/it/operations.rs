@@ -96,6 +96,17 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
         "/v1/messages/k/outcome",
     ),
     ("post", "/v1/messages/{key}/replay", "/v1/messages/k/replay"),
+    ("get", "/v1/suppressions", "/v1/suppressions"),
+    (
+        "put",
+        "/v1/suppressions/{address}",
+        "/v1/suppressions/email:a@example.com",
+    ),
+    (
+        "delete",
+        "/v1/suppressions/{address}",
+        "/v1/suppressions/email:a@example.com",
+    ),
     ("get", "/openapi.json", "/openapi.json"),
     ("get", "/healthz", "/healthz"),
     ("get", "/metrics", "/metrics"),
