@@ -677,6 +677,30 @@ pub fn admit<'a>(
     Ok(preempt)
 }
 
+/// When a date-triggered journey next starts a run for a person with these traits, at or after `from`.
+pub fn next_date(
+    j: &Journey,
+    traits: &Map<String, Value>,
+    zone: &TimeZone,
+    from: Millis,
+) -> Option<Millis> {
+    let crate::definition::Trigger::Date {
+        path,
+        minute,
+        offset,
+        yearly,
+    } = &j.trigger
+    else {
+        return None;
+    };
+    let mut v = traits.get(path.first()?);
+    for part in &path[1..] {
+        v = v.and_then(|x| x.get(part));
+    }
+    let date = local::date_of(v?.as_str()?, zone)?;
+    local::next_date_time(date, *yearly, *minute, *offset, zone, from)
+}
+
 /// Whether a person with these runs of `j` may enter it again at `now`.
 pub fn reentry_refusal(j: &Journey, runs: &[&Run], now: Millis) -> Option<&'static str> {
     use crate::definition::{Reentry, ReentryMode};

@@ -527,25 +527,11 @@ impl World {
     fn plan_dates(&mut self, profile: &str, from: Millis) {
         let p = &self.people[profile];
         for j in &self.journeys {
-            let Trigger::Date {
-                path,
-                minute,
-                offset,
-                yearly,
-            } = &j.trigger
-            else {
+            if !matches!(j.trigger, Trigger::Date { .. }) {
                 continue;
-            };
-            let key = (j.id.clone(), profile.to_owned());
-            let mut v = p.traits.get(&path[0]);
-            for part in &path[1..] {
-                v = v.and_then(|x| x.get(part));
             }
-            let next = v
-                .and_then(Value::as_str)
-                .and_then(|s| local::date_of(s, &p.zone))
-                .and_then(|d| local::next_date_time(d, *yearly, *minute, *offset, &p.zone, from));
-            match next {
+            let key = (j.id.clone(), profile.to_owned());
+            match run::next_date(j, &p.traits, &p.zone, from) {
                 Some(t) => self.dates.insert(key, t),
                 None => self.dates.remove(&key),
             };

@@ -203,7 +203,9 @@ pub(crate) fn decide(
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM pending_journey_events)
                  OR EXISTS (SELECT 1 FROM journey_runs WHERE wake_at <= ?1)
-                 OR EXISTS (SELECT 1 FROM journey_schedules WHERE next_at <= ?1)",
+                 OR EXISTS (SELECT 1 FROM journey_schedules WHERE next_at <= ?1)
+                 OR EXISTS (SELECT 1 FROM pending_date_plans)
+                 OR EXISTS (SELECT 1 FROM journey_dates WHERE next_at <= ?1)",
         )?
         .query_row([now], |r| r.get(0))?;
     if !work {
@@ -253,6 +255,24 @@ pub(crate) fn decide(
     for (ws, journey, at) in campaigns {
         d.campaign(ws, &journey, at)?;
     }
+    let plans: Vec<(i64, i64)> = tx
+        .prepare_cached("SELECT ws, profile FROM pending_date_plans LIMIT ?1")?
+        .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (ws, profile) in plans {
+        tx.prepare_cached("DELETE FROM pending_date_plans WHERE ws = ?1 AND profile = ?2")?
+            .execute(params![ws, profile])?;
+        d.plan_dates(ws, profile, None)?;
+    }
+    let dates: Vec<(i64, String, i64, Millis)> = tx
+        .prepare_cached(
+            "SELECT ws, journey, profile, next_at FROM journey_dates WHERE next_at <= ?1 ORDER BY next_at LIMIT ?2",
+        )?
+        .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    for (ws, journey, profile, at) in dates {
+        d.date(ws, &journey, profile, at)?;
+    }
     let (emitted, decisions) = (std::mem::take(&mut d.emitted), d.decisions);
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'decisions'",
@@ -260,7 +280,9 @@ pub(crate) fn decide(
     )?;
     let remaining: i64 = tx.query_row(
         "SELECT (SELECT COUNT(*) FROM pending_journey_events)
-              + (SELECT COUNT(*) FROM journey_runs WHERE wake_at <= ?1)",
+              + (SELECT COUNT(*) FROM journey_runs WHERE wake_at <= ?1)
+              + (SELECT COUNT(*) FROM pending_date_plans)
+              + (SELECT COUNT(*) FROM journey_dates WHERE next_at <= ?1)",
         [now],
         |r| r.get(0),
     )?;
@@ -503,6 +525,64 @@ impl<'t> Decider<'t> {
             json!({"schedule": {"journey": journey, "next_at": next}}),
             &format!("{journey}:{at}"),
         )
+    }
+
+    /// Plans when the person's date-triggered journeys next fire (all of them, or one after it fired at
+    /// `fired`).
+    fn plan_dates(
+        &mut self,
+        ws: i64,
+        profile: i64,
+        fired: Option<(&str, Millis)>,
+    ) -> Result<(), StoreError> {
+        let Some(who) = self.who(ws, profile)? else {
+            return Ok(());
+        };
+        let journeys: Vec<Arc<Journey>> = self
+            .defs(ws)?
+            .current
+            .iter()
+            .filter(|(j, status)| status == "active" && matches!(j.trigger, Trigger::Date { .. }))
+            .filter(|(j, _)| fired.is_none_or(|(id, _)| j.id == id))
+            .map(|(j, _)| j.clone())
+            .collect();
+        let from = fired.map_or(self.now, |(_, at)| at + 1);
+        for j in journeys {
+            match run::next_date(&j, &who.data.traits, &who.zone, from) {
+                Some(at) => self
+                    .tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO journey_dates (ws, journey, profile, next_at) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![ws, j.id, who.profile, at])?,
+                None => self
+                    .tx
+                    .prepare_cached("DELETE FROM journey_dates WHERE ws = ?1 AND journey = ?2 AND profile = ?3")?
+                    .execute(params![ws, j.id, who.profile])?,
+            };
+        }
+        Ok(())
+    }
+
+    /// A person's date came: a run starts (under the entry rules), and the next date is planned.
+    fn date(&mut self, ws: i64, journey: &str, profile: i64, at: Millis) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "DELETE FROM journey_dates WHERE ws = ?1 AND journey = ?2 AND profile = ?3",
+            )?
+            .execute(params![ws, journey, profile])?;
+        let active = self
+            .defs(ws)?
+            .current
+            .iter()
+            .find(|(j, status)| j.id == journey && status == "active")
+            .map(|(j, _)| j.clone());
+        let (Some(j), Some(mut who)) = (active, self.who(ws, profile)?) else {
+            return Ok(());
+        };
+        let run_id = format!("{journey}-d{at}-{}", who.profile);
+        self.enter(ws, &mut who, &j, run_id, None)?;
+        self.plan_dates(ws, who.profile, Some((journey, at)))
     }
 
     /// An event of the person: shown to their runs, then to the triggers of active journeys.

@@ -54,7 +54,13 @@ pub(crate) struct Processor {
     has_segments: HashMap<i64, bool>,
     /// Whether each workspace has an active journey (then events are queued for the journeys).
     has_journeys: HashMap<i64, bool>,
+    /// Whether each workspace has an active date-triggered journey (then trait changes are planned).
+    has_date_journeys: HashMap<i64, bool>,
 }
+
+const DATE_JOURNEYS: &str =
+    "SELECT EXISTS (SELECT 1 FROM journeys WHERE ws = ?1 AND status = 'active'
+    AND json_extract(definition, '$.trigger.date') IS NOT NULL)";
 
 struct SqlView<'c> {
     conn: &'c Connection,
@@ -218,6 +224,7 @@ impl Processor {
             decide_after: Seq::MAX,
             has_segments: HashMap::new(),
             has_journeys: HashMap::new(),
+            has_date_journeys: HashMap::new(),
         }
     }
 
@@ -342,6 +349,26 @@ impl Processor {
         if event.kind == EventType::Track {
             self.queue_for_journeys(conn, seq, ws, profile)?;
         }
+        if event.kind == EventType::Identify && !event.traits.is_empty() && seq > self.decide_after
+        {
+            // Traits changed: the person's date-triggered journeys are planned again (if there are any).
+            let has = match self.has_date_journeys.get(&ws) {
+                Some(&h) => h,
+                None => {
+                    let h: bool = conn
+                        .prepare_cached(DATE_JOURNEYS)?
+                        .query_row([ws], |r| r.get(0))?;
+                    self.has_date_journeys.insert(ws, h);
+                    h
+                }
+            };
+            if has {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO pending_date_plans (ws, profile) VALUES (?1, ?2)",
+                )?
+                .execute(params![ws, profile])?;
+            }
+        }
         on_timeline(conn, ws, profile, event.timestamp, seq)
     }
 
@@ -360,7 +387,22 @@ impl Processor {
             | EventType::JourneyDeleted
             | EventType::JourneyStatus => {
                 self.has_journeys.remove(&ws);
-                return apply_journey_definition(conn, ws, event);
+                self.has_date_journeys.remove(&ws);
+                apply_journey_definition(conn, ws, event)?;
+                if event.kind == EventType::JourneyStatus && seq > self.decide_after {
+                    // A date journey activated: everyone's dates are planned.
+                    conn.prepare_cached(
+                        "INSERT OR IGNORE INTO pending_date_plans (ws, profile)
+                         SELECT ws, profile FROM profiles WHERE ws = ?1 AND merged_into IS NULL
+                         AND EXISTS (SELECT 1 FROM journeys WHERE ws = ?1 AND id = ?2 AND status = 'active'
+                             AND json_extract(definition, '$.trigger.date') IS NOT NULL)",
+                    )?
+                    .execute(params![
+                        ws,
+                        event.properties.get("id").and_then(Value::as_str).unwrap_or_default()
+                    ])?;
+                }
+                return Ok(());
             }
             EventType::SegmentDefined
             | EventType::SegmentDeleted

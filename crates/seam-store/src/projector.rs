@@ -218,6 +218,13 @@ impl Projector {
              AND EXISTS (SELECT 1 FROM segments s WHERE s.ws = p.ws)",
             [],
         )?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO pending_date_plans (ws, profile)
+             SELECT p.ws, p.profile FROM profiles p WHERE p.merged_into IS NULL
+             AND EXISTS (SELECT 1 FROM journeys j WHERE j.ws = p.ws AND j.status = 'active'
+                 AND json_extract(j.definition, '$.trigger.date') IS NOT NULL)",
+            [],
+        )?;
         Ok(())
     }
 

@@ -292,6 +292,26 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     ) WITHOUT ROWID;
     "#,
     ),
+    (
+        9,
+        r#"
+    -- When each person's date-triggered journeys (birthdays, N days after a trait) next fire.
+    CREATE TABLE journey_dates (
+        ws INTEGER NOT NULL,
+        journey TEXT NOT NULL,
+        profile INTEGER NOT NULL,
+        next_at INTEGER NOT NULL,
+        PRIMARY KEY (ws, journey, profile)
+    ) WITHOUT ROWID;
+    CREATE INDEX journey_dates_due ON journey_dates (next_at);
+    -- People whose dates are to be planned again (their traits changed, or a date journey was activated).
+    CREATE TABLE pending_date_plans (
+        ws INTEGER NOT NULL,
+        profile INTEGER NOT NULL,
+        PRIMARY KEY (ws, profile)
+    ) WITHOUT ROWID;
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.
@@ -321,6 +341,8 @@ pub const SCHEDULE_TABLES: &[&str] = &[
     "pending_evaluations",
     "segment_timers",
     "pending_journey_events",
+    "journey_dates",
+    "pending_date_plans",
 ];
 
 pub fn migrate(conn: &mut Connection, migrations: &[(i64, &str)]) -> rusqlite::Result<()> {

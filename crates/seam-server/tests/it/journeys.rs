@@ -1088,3 +1088,50 @@ async fn a_bounce_puts_the_address_on_the_suppression_list_and_nothing_more_goes
     seam_store::rebuild(&app.data_dir()).unwrap();
     assert!(live == seam_store::dump_projections(&app.data_dir()).unwrap());
 }
+
+#[tokio::test]
+async fn date_triggers_fire_on_each_persons_date_in_their_time_zone() {
+    use std::time::Duration;
+    // NOW is 2026-11-23 00:00 UTC.
+    let app = spawn_app().await;
+    let template = json!({"variants": {"email": {"subject": "Happy birthday, {{ profile.traits.first_name }}", "body": "b"}}});
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/bday", Some(template))
+            .await
+            .0,
+        201
+    );
+    let body = json!({"userId": "h1", "messageId": "h1", "traits": {"first_name": "Anna", "email": "h1@example.com",
+        "birthday": "1990-11-24", "timezone": "Europe/Moscow", "consent": {"email": true}}});
+    assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    let journey = "trigger: { date: { trait: birthday, at: \"09:00\", yearly: true } }\nreentry: after_exit\nstart: m\nnodes: { m: { type: send, channel: email, template: bday } }\n";
+    assert_eq!(
+        app.put_text("/v1/journeys/birthday", "application/yaml", journey)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/birthday/activate", None)
+            .await
+            .0,
+        200
+    );
+    // A birthday learned after the activation is planned too.
+    let body = json!({"userId": "h2", "messageId": "h2", "traits": {"first_name": "Ivan", "email": "h2@example.com",
+        "birthday": "1985-11-25", "consent": {"email": true}}});
+    assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    app.get("/v1/journeys").await;
+    // 24 November, 05:59 UTC: not yet (09:00 in Moscow is 06:00 UTC).
+    app.clock.advance(Duration::from_secs(29 * 3600 + 59 * 60));
+    assert!(sent_to(&app, "h1").await.is_empty());
+    app.clock.advance(Duration::from_secs(60));
+    let m = sent_to(&app, "h1").await;
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].1["content"]["subject"], "Happy birthday, Anna");
+    assert!(sent_to(&app, "h2").await.is_empty());
+    // 25 November 09:00 UTC (no time zone: the workspace's, UTC).
+    app.clock.advance(Duration::from_secs(27 * 3600));
+    assert_eq!(sent_to(&app, "h2").await.len(), 1);
+    assert_eq!(sent_to(&app, "h1").await.len(), 1, "once a year");
+}
