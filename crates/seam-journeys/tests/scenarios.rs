@@ -616,3 +616,29 @@ script:
     assert_eq!(sends(&r, at, "b"), s(&[("email", 7 * 24 * 60 + 6 * 60)]));
     assert_eq!(lines(&r, "a", "entered")[0], "on its date");
 }
+
+#[test]
+fn a_recurring_campaign_starts_runs_every_period_under_the_reentry_policy() {
+    let r = run(r#"
+start: 2026-11-23T08:00:00Z
+run_for: 15 days
+templates: [ { id: t, variants: { email: { subject: "This week", body: b } } } ]
+profiles:
+  - { id: a, identities: { email: a@example.com }, traits: { consent: { email: true } } }
+journeys:
+  - id: weekly
+    trigger: { schedule: { at: 2026-11-23T10:00:00Z, every: 7 days } }
+    reentry: after_exit
+    start: m
+    nodes: { m: { type: send, channel: email, template: t } }
+"#);
+    let week = 7 * 24 * 60;
+    assert_eq!(
+        sends(&r, "2026-11-23T08:00:00Z", "a"),
+        s(&[
+            ("email", 120),
+            ("email", 120 + week),
+            ("email", 120 + 2 * week)
+        ])
+    );
+}
