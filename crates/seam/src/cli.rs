@@ -70,6 +70,21 @@ pub enum BenchCommand {
     /// Journey throughput on the store: runs started by events, then timers firing and sending, on a
     /// virtual clock.
     Journeys(JourneysBench),
+    /// From an event's acknowledgement to the `segment_entered` it causes, at a steady rate on the real clock.
+    Segments(SegmentsBench),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SegmentsBench {
+    /// People per second who order (each order puts them in a segment).
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: usize,
+    /// How long the load is offered, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub secs: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]

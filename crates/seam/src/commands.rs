@@ -38,6 +38,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Journeys(args)) => {
             runtime()?.block_on(crate::bench::journeys::run(args))
         }
+        Command::Bench(BenchCommand::Segments(args)) => {
+            runtime()?.block_on(crate::bench::journeys::segments(args))
+        }
     }
 }
 

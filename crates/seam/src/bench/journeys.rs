@@ -101,12 +101,48 @@ async fn latency(args: &JourneysBench) -> anyhow::Result<(f64, f64, f64)> {
     store
         .set_journey_status(ws, "confirm", "active", t0)
         .await?;
-    eprintln!(
-        "{} orders a second for {} s…",
-        args.latency_rate, args.latency_secs
-    );
     let total = args.latency_rate * args.latency_secs;
-    let per_tick = (args.latency_rate / 100).max(1);
+    let acked = offer(&store, ws, args.latency_rate, args.latency_secs).await?;
+    let ms: Vec<i64> = store
+        .messages(ws, Some("confirm"), None, None, total + 1)?
+        .iter()
+        .filter_map(|m| {
+            let u: usize = m
+                .address
+                .strip_prefix("email:u")?
+                .strip_suffix("@example.com")?
+                .parse()
+                .ok()?;
+            let decided = seam_core::clock::parse_rfc3339(&m.created_at)?;
+            Some((decided - acked[u]).max(0))
+        })
+        .collect();
+    store.shutdown();
+    if ms.len() != total {
+        anyhow::bail!("{} of {total} confirmations were decided", ms.len());
+    }
+    Ok(percentiles(ms))
+}
+
+/// (p50, p99, max) of latencies in ms.
+fn percentiles(mut ms: Vec<i64>) -> (f64, f64, f64) {
+    ms.sort_unstable();
+    let at = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize] as f64;
+    (at(0.5), at(0.99), *ms.last().unwrap_or(&0) as f64)
+}
+
+/// `rate` people a second identify and sign up, for `secs` seconds, in batches every 10 ms. Returns each
+/// person's acknowledgement time (after waiting until everything is applied and decided).
+async fn offer(
+    store: &Store,
+    ws: WorkspaceKey,
+    rate: usize,
+    secs: usize,
+) -> anyhow::Result<Vec<i64>> {
+    eprintln!("{rate} people a second for {secs} s…");
+    let clock = SystemClock;
+    let total = rate * secs;
+    let per_tick = (rate / 100).max(1);
     let mut acked = vec![0i64; total];
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut next = 0;
@@ -128,27 +164,81 @@ async fn latency(args: &JourneysBench) -> anyhow::Result<(f64, f64, f64)> {
         next = end;
     }
     store.caught_up().await;
-    let mut ms: Vec<i64> = store
-        .messages(ws, Some("confirm"), None, None, total + 1)?
-        .iter()
-        .filter_map(|m| {
-            let u: usize = m
-                .address
-                .strip_prefix("email:u")?
-                .strip_suffix("@example.com")?
-                .parse()
-                .ok()?;
-            let decided = seam_core::clock::parse_rfc3339(&m.created_at)?;
-            Some((decided - acked[u]).max(0))
-        })
-        .collect();
-    store.shutdown();
-    if ms.len() != total {
-        anyhow::bail!("{} of {total} confirmations were decided", ms.len());
+    Ok(acked)
+}
+
+#[derive(Debug, Serialize)]
+pub struct SegmentsReport {
+    pub rate: usize,
+    pub people: usize,
+    pub entered_p50_ms: f64,
+    pub entered_p99_ms: f64,
+    pub entered_max_ms: f64,
+}
+
+/// `seam bench segments`: `rate` people a second sign up (identify + a tracked event), and a segment of those
+/// who signed up in the last day takes each in. Measured from each acknowledgement to the membership's
+/// decision time (the start of the projector pass that decided it).
+pub async fn segments(args: crate::cli::SegmentsBench) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let data = temp.path().join("data");
+    let t0 = SystemClock.now_ms();
+    seam_store::workspace::init_data_dir(&data, t0)?;
+    let store = Store::open(&data, StoreOptions::default(), Arc::new(SystemClock))?;
+    let ws = WorkspaceKey(1);
+    let definition = r#"count of "Signed Up" in last 1 days >= 1"#;
+    store
+        .define(
+            ws,
+            DefinitionKind::Segment,
+            "seg_new",
+            "New",
+            definition,
+            t0,
+        )
+        .await?;
+    let acked = offer(&store, ws, args.rate, args.secs).await?;
+    let mut ms = Vec::with_capacity(acked.len());
+    for (u, ack) in acked.iter().enumerate() {
+        let r = seam_store::ProfileRef::Identifier(Identifier::new(
+            IdentifierType::builtin(IdentifierType::USER_ID),
+            format!("u{u}"),
+        ));
+        let Some(id) = store.resolve(ws, &r)? else {
+            continue;
+        };
+        if let Some((_, since)) = store.memberships_of(ws, &id)?.into_iter().next() {
+            if let Some(since) = seam_core::clock::parse_rfc3339(&since) {
+                ms.push((since - ack).max(0));
+            }
+        }
     }
-    ms.sort_unstable();
-    let at = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize] as f64;
-    Ok((at(0.5), at(0.99), *ms.last().unwrap_or(&0) as f64))
+    store.shutdown();
+    if ms.len() != acked.len() {
+        anyhow::bail!("{} of {} people entered the segment", ms.len(), acked.len());
+    }
+    let (p50, p99, max) = percentiles(ms);
+    let r = SegmentsReport {
+        rate: args.rate,
+        people: acked.len(),
+        entered_p50_ms: p50,
+        entered_p99_ms: p99,
+        entered_max_ms: max,
+    };
+    print_segments(&r, args.json)
+}
+
+#[allow(clippy::print_stdout)] // the report is the command's output
+fn print_segments(r: &SegmentsReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    println!(
+        "ack → segment entered  p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} people/s, {} people, real clock)",
+        r.entered_p50_ms, r.entered_p99_ms, r.entered_max_ms, r.rate, r.people
+    );
+    Ok(())
 }
 
 /// `seam bench journeys`.
