@@ -78,9 +78,17 @@ pub async fn dispatch_due(
             return Ok(done);
         }
         for d in due {
-            let result = match d.channel.as_str() {
-                "webhook" => post_webhook(&d, settings, client, now).await,
-                _ => append_to_outbox(&d, settings, now).await,
+            let result = if let Some(e) = d.content.get("rendering_error") {
+                // A message whose template did not render is not sent half-made.
+                Err(Failure {
+                    error: format!("the template did not render: {e}"),
+                    permanent: true,
+                })
+            } else {
+                match d.channel.as_str() {
+                    "webhook" => post_webhook(&d, settings, client, now).await,
+                    _ => append_to_outbox(&d, settings, now).await,
+                }
             };
             let attempt = match result {
                 Ok(()) => {

@@ -1135,3 +1135,71 @@ async fn date_triggers_fire_on_each_persons_date_in_their_time_zone() {
     assert_eq!(sent_to(&app, "h2").await.len(), 1);
     assert_eq!(sent_to(&app, "h1").await.len(), 1, "once a year");
 }
+
+#[tokio::test]
+async fn a_message_whose_template_fails_to_render_goes_to_the_dead_letters_unsent() {
+    use seam_server::dispatch::{dispatch_due, DispatchSettings, Dispatched};
+    let app = spawn_app().await;
+    // Saved fine (the sample event has no items); an item without a name fails when rendered.
+    let template = json!({"variants": {"email": {"subject": "Your items", "body": "{% for p in event.properties.items %}{{ p.name }}{% endfor %}"}}});
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/items", Some(template))
+            .await
+            .0,
+        201
+    );
+    let journey = "trigger: { event: Ordered }\nstart: m\nnodes: { m: { type: send, channel: email, template: items, category: transactional } }\n";
+    assert_eq!(
+        app.put_text("/v1/journeys/items", "application/yaml", journey)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/items/activate", None)
+            .await
+            .0,
+        200
+    );
+    let body = json!({"userId": "r1", "messageId": "r1", "traits": {"email": "r1@example.com"}});
+    assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    track_at_now(
+        &app,
+        "r1",
+        "Ordered",
+        json!({"items": [{"sku": "x"}]}),
+        "or1",
+    )
+    .await;
+    let m = sent_to(&app, "r1").await;
+    assert!(m[0].1["content"]["rendering_error"].is_string(), "{m:?}");
+    let state = seam_server::AppState::new(
+        app.store.clone(),
+        std::sync::Arc::new(app.clock.clone()),
+        seam_server::ApiSettings::default(),
+    );
+    let settings = DispatchSettings::new(app.data_dir().join("outbox"), "k".into());
+    let d = dispatch_due(&state, &settings, &reqwest::Client::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        d,
+        Dispatched {
+            sent: 0,
+            retried: 0,
+            dead: 1
+        }
+    );
+    assert!(
+        !app.data_dir().join("outbox/email.jsonl").exists(),
+        "nothing half-made went out"
+    );
+    let (_, v) = app.get("/v1/messages?status=dead").await;
+    assert!(
+        v["messages"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the template did not render"),
+        "{v}"
+    );
+}
