@@ -36,6 +36,11 @@ pub(crate) struct SegmentView {
     #[serde(flatten)]
     record: DefinitionRecord,
     tree: Expr,
+    /// How far evaluation has got: `{profiles, pending, done}` — profiles of the workspace, those still to be
+    /// evaluated against its segments (a new or changed segment queues everyone: the backfill), and whether
+    /// none are left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backfill: Option<Value>,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
@@ -143,7 +148,11 @@ fn view(record: DefinitionRecord) -> Result<SegmentView, ApiError> {
         tracing::error!(error = %e, "a stored segment definition does not parse");
         ApiError::new(500, "internal", "internal error; it has been logged")
     })?;
-    Ok(SegmentView { record, tree })
+    Ok(SegmentView {
+        record,
+        tree,
+        backfill: None,
+    })
 }
 
 async fn all_segments(store: &Store, ws: WorkspaceKey) -> Result<Vec<DefinitionRecord>, ApiError> {
@@ -223,7 +232,12 @@ pub(crate) async fn get(
     headers: HeaderMap,
 ) -> Result<Json<SegmentView>, ApiError> {
     let ws = auth::for_management(&state, &headers)?;
-    Ok(Json(view(one_segment(&state.store, ws, &id).await?)?))
+    let mut v = view(one_segment(&state.store, ws, &id).await?)?;
+    let store = state.store.clone();
+    let (profiles, pending) = blocking(move || store.evaluation_progress(ws)).await?;
+    v.backfill =
+        Some(serde_json::json!({"profiles": profiles, "pending": pending, "done": pending == 0}));
+    Ok(Json(v))
 }
 
 /// `PUT /v1/segments/{id}`

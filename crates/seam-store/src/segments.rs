@@ -77,6 +77,21 @@ impl DefinitionKind {
 }
 
 impl Store {
+    /// (live profiles, profiles still queued for evaluation) in the workspace: how far a backfill has got.
+    pub fn evaluation_progress(&self, ws: WorkspaceKey) -> Result<(i64, i64), StoreError> {
+        self.with_reader(|c| {
+            let profiles = c
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM p.profiles WHERE ws = ?1 AND merged_into IS NULL",
+                )?
+                .query_row([ws.0], |r| r.get(0))?;
+            let pending = c
+                .prepare_cached("SELECT COUNT(*) FROM p.pending_evaluations WHERE ws = ?1")?
+                .query_row([ws.0], |r| r.get(0))?;
+            Ok((profiles, pending))
+        })
+    }
+
     /// Every definition of a kind in the workspace, by name.
     pub fn definitions(
         &self,
