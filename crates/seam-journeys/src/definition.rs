@@ -437,8 +437,9 @@ impl NodeKind {
     pub fn waits(&self) -> bool {
         match self {
             Self::WaitFor { duration, .. } => *duration > 0,
-            Self::WaitUntil { .. } | Self::WaitEvent { .. } | Self::WaitOutcome { .. } => true,
-            Self::Cascade { steps, .. } => steps.iter().all(|s| s.within.is_some_and(|w| w > 0)),
+            Self::WaitUntil { .. } | Self::WaitEvent { .. } => true,
+            // A cascade whose channels are all held, or an outcome wait with nothing sent, goes straight on:
+            // neither is a wait a loop can count on.
             _ => false,
         }
     }

@@ -175,12 +175,15 @@ pub fn start(
     trigger: Option<TriggerEvent>,
     env: &mut dyn Env,
 ) -> (Run, Vec<Effect>) {
+    // A run triggered by an event entered when the event happened: a purchase made a moment after adding to the
+    // cart reaches the goal even if the run was decided later (a lagging projector, a batched SDK).
+    let entered_at = trigger.as_ref().map_or(env.now(), |t| t.at.min(env.now()));
     let mut run = Run {
         id,
         journey: j.id.clone(),
         version: j.version,
         profile,
-        entered_at: env.now(),
+        entered_at,
         trigger,
         node: j.start,
         step: 0,
@@ -205,7 +208,11 @@ pub fn on_timer(j: &Journey, run: &mut Run, env: &mut dyn Env) -> Vec<Effect> {
     let Some(wait) = run.wait.take() else {
         return fx;
     };
-    let node = &j.nodes[run.node].kind;
+    let Some(node) = j.nodes.get(run.node).map(|n| &n.kind) else {
+        // Stored under a journey that no longer has this node: end it rather than guess.
+        exit(run, ExitReason::Completed, now, &mut fx);
+        return fx;
+    };
     let flow = match (wait, node) {
         (Wait::Time { retry: true, .. }, _) => execute(j, run, env, &mut fx),
         (Wait::Time { .. }, NodeKind::WaitFor { next, .. } | NodeKind::WaitUntil { next, .. }) => {
@@ -252,7 +259,11 @@ pub fn on_event(j: &Journey, run: &mut Run, ev: &PersonEvent, env: &mut dyn Env)
     if !run.is_active() {
         return fx;
     }
-    let flow = match (&run.wait, &j.nodes[run.node].kind) {
+    let Some(node) = j.nodes.get(run.node) else {
+        exit(run, ExitReason::Completed, env.now(), &mut fx);
+        return fx;
+    };
+    let flow = match (&run.wait, &node.kind) {
         (Some(Wait::Event { until }), NodeKind::WaitEvent { event, next, .. })
             if ev.at <= *until && seam_audiences::event_matches(event, ev) =>
         {
@@ -362,7 +373,10 @@ fn go(
 /// Runs the current node (first visit, or again after a deferral or a cascade step that did not work).
 fn execute(j: &Journey, run: &mut Run, env: &mut dyn Env, fx: &mut Vec<Effect>) -> Flow {
     let now = env.now();
-    let node = &j.nodes[run.node];
+    let Some(node) = j.nodes.get(run.node) else {
+        exit(run, ExitReason::Completed, now, fx);
+        return Flow::Stop;
+    };
     match &node.kind {
         NodeKind::WaitFor { duration, next } => {
             if *duration == 0 {
@@ -547,7 +561,11 @@ fn propose(
     env: &mut dyn Env,
     fx: &mut Vec<Effect>,
 ) -> Proposal {
-    let node = j.nodes[run.node].name.clone();
+    let node = j
+        .nodes
+        .get(run.node)
+        .map(|n| n.name.clone())
+        .unwrap_or_default();
     let key = message_key(run, spec.channel);
     let req = Request {
         key: &key,

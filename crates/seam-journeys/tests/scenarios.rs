@@ -448,6 +448,18 @@ fn broken_definitions_are_refused_with_every_problem_named() {
             ],
         ),
         (
+            // A cascade can fall straight through (every channel held): it is no wait for a loop.
+            r#"
+  - id: j
+    trigger: { event: X }
+    start: a
+    nodes:
+      a: { type: cascade, steps: [ { channel: email, template: t, within: 1 hour }, { channel: sms, template: t } ], next: b }
+      b: { type: webhook, url: "http://127.0.0.1:9/x", next: a }
+"#,
+            &["journeys[0].nodes.a: the loop a → b → a never waits"],
+        ),
+        (
             r#"
   - id: j
     trigger: { event: X, segment_entered: Y }

@@ -68,16 +68,24 @@ pub async fn dispatch_due(
     client: &reqwest::Client,
 ) -> Result<Dispatched, seam_store::StoreError> {
     let mut done = Dispatched::default();
+    // Each message at most once a pass, whatever its record turns out to be.
+    let mut tried = std::collections::HashSet::new();
     loop {
         let now = state.clock.now_ms();
         let store = state.store.clone();
         let due = tokio::task::spawn_blocking(move || store.due_deliveries(now, 100))
             .await
             .map_err(|_| seam_store::StoreError::Closed)??;
+        let due: Vec<Due> = due
+            .into_iter()
+            .filter(|d| tried.insert(d.key.clone()))
+            .collect();
         if due.is_empty() {
             return Ok(done);
         }
         for d in due {
+            // Each request signed and timed when it goes, not when the batch was read.
+            let now = state.clock.now_ms();
             let result = if let Some(e) = d.content.get("rendering_error") {
                 // A message whose template did not render is not sent half-made.
                 Err(Failure {
@@ -108,7 +116,8 @@ pub async fn dispatch_due(
                         done.retried += 1;
                     } else {
                         done.dead += 1;
-                        tracing::warn!(key = %d.key, channel = %d.channel, error = %f.error, "a message is a dead letter");
+                        // The error text may quote the person's data (a rendering error does): not logged.
+                        tracing::warn!(key = %d.key, channel = %d.channel, "a message is a dead letter");
                     }
                     Attempt::Failed {
                         error: f.error,

@@ -31,8 +31,10 @@ pub struct Due {
     pub channel: String,
     pub address: String,
     pub content: Value,
-    /// Attempts made before this one.
+    /// Attempts made before this one (in this round).
     pub attempts: u32,
+    /// How many times the message was sent again from the dead letters.
+    pub round: u32,
 }
 
 /// What an attempt came to.
@@ -56,16 +58,19 @@ pub(crate) fn apply(conn: &Connection, ws: i64, event: &Event) -> Result<(), Sto
             .to_owned()
     };
     let status = s("status");
-    let (status, next, attempts) = match status.as_str() {
-        "requeued" => ("pending", Some(event.timestamp), Some(0)),
-        "retry" => ("retry", p.get("retry_at").and_then(Value::as_i64), None),
-        "sent" | "dead" => (status.as_str(), None, None),
+    let (status, next, attempts, new_round) = match status.as_str() {
+        "requeued" => ("pending", Some(event.timestamp), Some(0), 1),
+        "retry" => ("retry", p.get("retry_at").and_then(Value::as_i64), None, 0),
+        "sent" | "dead" => (status.as_str(), None, None, 0),
         _ => return Ok(()),
     };
+    // An upsert: should a record ever precede its message in the log, the message's own insert (OR IGNORE)
+    // then keeps the record rather than starting over as pending.
     conn.prepare_cached(
-        "UPDATE deliveries SET status = ?3, next_attempt_at = ?4,
-             attempts = COALESCE(?5, ?6), last_error = ?7, updated_at = ?8
-         WHERE ws = ?1 AND key = ?2",
+        "INSERT INTO deliveries (ws, key, status, attempts, next_attempt_at, last_error, updated_at, round)
+         VALUES (?1, ?2, ?3, COALESCE(?5, ?6), ?4, ?7, ?8, ?9)
+         ON CONFLICT (ws, key) DO UPDATE SET status = ?3, next_attempt_at = ?4,
+             attempts = COALESCE(?5, ?6), last_error = ?7, updated_at = ?8, round = round + ?9",
     )?
     .execute(params![
         ws,
@@ -75,7 +80,8 @@ pub(crate) fn apply(conn: &Connection, ws: i64, event: &Event) -> Result<(), Sto
         attempts,
         p.get("attempts").and_then(Value::as_i64).unwrap_or(0),
         p.get("error").and_then(Value::as_str),
-        event.timestamp
+        event.timestamp,
+        new_round
     ])?;
     Ok(())
 }
@@ -85,7 +91,8 @@ impl Store {
     pub fn due_deliveries(&self, now: Millis, limit: usize) -> Result<Vec<Due>, StoreError> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT d.ws, d.key, m.run, m.journey, m.node, m.profile, m.channel, m.address, m.content, d.attempts
+                "SELECT d.ws, d.key, m.run, m.journey, m.node, m.profile, m.channel, m.address, m.content, d.attempts,
+                        d.round
                  FROM p.deliveries d JOIN p.messages m ON m.ws = d.ws AND m.key = d.key
                  WHERE d.status IN ('pending', 'retry') AND d.next_attempt_at <= ?1
                  ORDER BY d.next_attempt_at, d.key LIMIT ?2",
@@ -102,6 +109,7 @@ impl Store {
                     address: r.get(7)?,
                     content: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or(Value::Null),
                     attempts: r.get(9)?,
+                    round: r.get(10)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -137,7 +145,7 @@ impl Store {
         let status = props["status"].as_str().unwrap_or_default().to_owned();
         self.append_delivery(
             due.ws,
-            format!("$seam:delivery:{}:{n}:{status}", due.key),
+            format!("$seam:delivery:{}:{}:{n}:{status}", due.key, due.round),
             props,
             now,
         )
@@ -210,10 +218,12 @@ impl Store {
     }
 }
 
-/// A `Message Bounced` event: the message's address goes on the suppression list.
+/// A `Message Bounced` event of `profile`: the message's address goes on the suppression list — only when the
+/// message is that person's (anyone holding the write key can send such an event).
 pub(crate) fn suppress_bounced(
     conn: &Connection,
     ws: i64,
+    profile: i64,
     event: &Event,
 ) -> Result<(), StoreError> {
     let Some(key) = event.properties.get("message_id").and_then(Value::as_str) else {
@@ -221,9 +231,10 @@ pub(crate) fn suppress_bounced(
     };
     conn.prepare_cached(
         "INSERT OR IGNORE INTO suppressions (ws, address, reason, since)
-         SELECT ws, address, 'bounced', ?3 FROM messages WHERE ws = ?1 AND key = ?2 AND channel != 'webhook'",
+         SELECT ws, address, 'bounced', ?3 FROM messages
+         WHERE ws = ?1 AND key = ?2 AND profile = ?4 AND channel != 'webhook'",
     )?
-    .execute(params![ws, key, event.timestamp])?;
+    .execute(params![ws, key, event.timestamp, profile])?;
     Ok(())
 }
 

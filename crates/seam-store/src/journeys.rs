@@ -203,7 +203,8 @@ pub(crate) fn decide(
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM pending_journey_events)
                  OR EXISTS (SELECT 1 FROM journey_runs WHERE wake_at <= ?1)
-                 OR EXISTS (SELECT 1 FROM journey_schedules WHERE next_at <= ?1)
+                 OR EXISTS (SELECT 1 FROM journey_schedules s JOIN journeys j ON j.ws = s.ws AND j.id = s.journey
+                            WHERE j.status = 'active' AND s.next_at <= ?1)
                  OR EXISTS (SELECT 1 FROM pending_date_plans)
                  OR EXISTS (SELECT 1 FROM journey_dates WHERE next_at <= ?1)",
         )?
@@ -237,41 +238,50 @@ pub(crate) fn decide(
             .execute([seq])?;
         d.event(seq, ws, profile)?;
     }
-    let due: Vec<(i64, String, i64)> = tx
-        .prepare_cached("SELECT ws, run, profile FROM journey_runs WHERE wake_at <= ?1 ORDER BY wake_at, run LIMIT ?2")?
-        .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    for (ws, run, profile) in due {
-        d.timer(ws, &run, profile)?;
-    }
-    let campaigns: Vec<(i64, String, Millis)> = tx
-        .prepare_cached(
-            "SELECT s.ws, s.journey, s.next_at FROM journey_schedules s
-             JOIN journeys j ON j.ws = s.ws AND j.id = s.journey
-             WHERE j.status = 'active' AND s.next_at <= ?1",
-        )?
-        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    for (ws, journey, at) in campaigns {
-        d.campaign(ws, &journey, at)?;
-    }
-    let plans: Vec<(i64, i64)> = tx
-        .prepare_cached("SELECT ws, profile FROM pending_date_plans LIMIT ?1")?
-        .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for (ws, profile) in plans {
-        tx.prepare_cached("DELETE FROM pending_date_plans WHERE ws = ?1 AND profile = ?2")?
-            .execute(params![ws, profile])?;
-        d.plan_dates(ws, profile, None)?;
-    }
-    let dates: Vec<(i64, String, i64, Millis)> = tx
-        .prepare_cached(
-            "SELECT ws, journey, profile, next_at FROM journey_dates WHERE next_at <= ?1 ORDER BY next_at LIMIT ?2",
-        )?
-        .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
-    for (ws, journey, profile, at) in dates {
-        d.date(ws, &journey, profile, at)?;
+    // Timers, campaigns and dates only once every queued event has been shown: in a burst, a purchase still
+    // queued ends its run before the reminder's timer fires.
+    let events_queued: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pending_journey_events)",
+        [],
+        |r| r.get(0),
+    )?;
+    if !events_queued {
+        let due: Vec<(i64, String, i64)> = tx
+            .prepare_cached("SELECT ws, run, profile FROM journey_runs WHERE wake_at <= ?1 ORDER BY wake_at, run LIMIT ?2")?
+            .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (ws, run, profile) in due {
+            d.timer(ws, &run, profile)?;
+        }
+        let campaigns: Vec<(i64, String, Millis)> = tx
+            .prepare_cached(
+                "SELECT s.ws, s.journey, s.next_at FROM journey_schedules s
+                 JOIN journeys j ON j.ws = s.ws AND j.id = s.journey
+                 WHERE j.status = 'active' AND s.next_at <= ?1",
+            )?
+            .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (ws, journey, at) in campaigns {
+            d.campaign(ws, &journey, at)?;
+        }
+        let dates: Vec<(i64, String, i64, Millis)> = tx
+            .prepare_cached(
+                "SELECT ws, journey, profile, next_at FROM journey_dates WHERE next_at <= ?1 ORDER BY next_at LIMIT ?2",
+            )?
+            .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        for (ws, journey, profile, at) in dates {
+            d.date(ws, &journey, profile, at)?;
+        }
+        let plans: Vec<(i64, i64)> = tx
+            .prepare_cached("SELECT ws, profile FROM pending_date_plans LIMIT ?1")?
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (ws, profile) in plans {
+            tx.prepare_cached("DELETE FROM pending_date_plans WHERE ws = ?1 AND profile = ?2")?
+                .execute(params![ws, profile])?;
+            d.plan_dates(ws, profile, None)?;
+        }
     }
     let (emitted, decisions) = (std::mem::take(&mut d.emitted), d.decisions);
     tx.execute(
@@ -456,12 +466,13 @@ impl<'t> Decider<'t> {
         };
         let (journey, version) = (who.runs[i].journey.clone(), who.runs[i].version);
         let mut run = who.runs[i].clone();
-        let fx = match self.version(ws, &journey, version)? {
+        let deleted = !self.defs(ws)?.current.iter().any(|(j, _)| j.id == journey);
+        let fx = match self.version(ws, &journey, version)?.filter(|_| !deleted) {
             Some(j) => {
                 let mut env = self.env(ws, &who, &j)?;
                 run::on_timer(&j, &mut run, &mut env)
             }
-            // The journey's version is gone (the journey was deleted): the run ends.
+            // The journey was deleted: the run ends.
             None => run::preempt(&mut run, "(deleted)", self.now),
         };
         if fx.is_empty() && run == who.runs[i] {
@@ -491,7 +502,9 @@ impl<'t> Decider<'t> {
             return Ok(());
         };
         let Trigger::Schedule { segment, every, .. } = &j.trigger else {
-            return Ok(());
+            // Saved since as another kind of journey: the campaign is over.
+            let props = json!({"schedule": {"journey": journey, "next_at": null}});
+            return self.emit(ws, props, &format!("{journey}:{at}"));
         };
         let audience: Vec<i64> = match segment {
             Some(name) => self
@@ -546,8 +559,20 @@ impl<'t> Decider<'t> {
             .filter(|(j, _)| fired.is_none_or(|(id, _)| j.id == id))
             .map(|(j, _)| j.clone())
             .collect();
-        let from = fired.map_or(self.now, |(_, at)| at + 1);
         for j in journeys {
+            // After a firing, from just after it; otherwise from now — or from a date already due and not yet
+            // fired, which a new plan must not skip.
+            let from = match fired {
+                Some((_, at)) => at + 1,
+                None => self
+                    .tx
+                    .prepare_cached(
+                        "SELECT next_at FROM journey_dates WHERE ws = ?1 AND journey = ?2 AND profile = ?3",
+                    )?
+                    .query_row(params![ws, j.id, who.profile], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .map_or(self.now, |due| due.min(self.now)),
+            };
             match run::next_date(&j, &who.data.traits, &who.zone, from) {
                 Some(at) => self
                     .tx
@@ -634,7 +659,12 @@ impl<'t> Decider<'t> {
         };
         for i in 0..who.runs.len() {
             let r = &who.runs[i];
-            let Some(j) = self.version(ws, &r.journey.clone(), r.version)? else {
+            let journey = r.journey.clone();
+            // A deleted journey's runs see no more events; their timers end them.
+            if !self.defs(ws)?.current.iter().any(|(j, _)| j.id == journey) {
+                continue;
+            }
+            let Some(j) = self.version(ws, &journey, who.runs[i].version)? else {
                 continue;
             };
             let r = &who.runs[i];
@@ -958,7 +988,7 @@ pub(crate) fn apply_step(conn: &Connection, ws: i64, event: &Event) -> Result<()
     }
     if let Some(s) = p.get("schedule") {
         conn.prepare_cached(
-            "INSERT OR REPLACE INTO journey_schedules (ws, journey, next_at) VALUES (?1, ?2, ?3)",
+            "UPDATE journey_schedules SET next_at = ?3 WHERE ws = ?1 AND journey = ?2",
         )?
         .execute(params![
             ws,
@@ -998,8 +1028,8 @@ fn counter(e: &Value) -> Option<String> {
     None
 }
 
-/// When a journey with a schedule is activated, its campaign is due at its time (once: a one-off campaign that
-/// has fired keeps its NULL).
+/// When a journey with a schedule is activated, its campaign is due at its `at` — unless it was planned from
+/// that `at` already (then a one-off that fired keeps its NULL, a recurring one its next time).
 pub(crate) fn schedule_on_activation(
     conn: &Connection,
     ws: i64,
@@ -1019,7 +1049,9 @@ pub(crate) fn schedule_on_activation(
         .and_then(|at| seam_core::clock::parse_rfc3339(&at));
     if let Some(at) = at {
         conn.prepare_cached(
-            "INSERT OR IGNORE INTO journey_schedules (ws, journey, next_at) VALUES (?1, ?2, ?3)",
+            "INSERT INTO journey_schedules (ws, journey, next_at, planned_from) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (ws, journey) DO UPDATE SET next_at = excluded.next_at, planned_from = excluded.planned_from
+             WHERE journey_schedules.planned_from IS NOT excluded.planned_from",
         )?
         .execute(params![ws, id, at])?;
     }

@@ -159,6 +159,14 @@ fn apply_journey_definition(conn: &Connection, ws: i64, event: &Event) -> Result
         }
         EventType::JourneyDefined => {
             define(conn, "journeys", ws, event)?;
+            // A journey deleted and saved again under its id goes on counting versions: runs of the old one
+            // keep theirs.
+            conn.prepare_cached(
+                "UPDATE journeys SET version = (SELECT MAX(version) + 1 FROM journey_versions WHERE ws = ?1 AND id = ?2)
+                 WHERE ws = ?1 AND id = ?2 AND version = 1
+                   AND EXISTS (SELECT 1 FROM journey_versions WHERE ws = ?1 AND id = ?2)",
+            )?
+            .execute(params![ws, id])?;
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO journey_versions (ws, id, version, definition)
                  SELECT ws, id, version, definition FROM journeys WHERE ws = ?1 AND id = ?2",
@@ -166,8 +174,14 @@ fn apply_journey_definition(conn: &Connection, ws: i64, event: &Event) -> Result
             .execute(params![ws, id])?;
         }
         EventType::JourneyDeleted => {
-            conn.prepare_cached("DELETE FROM journeys WHERE ws = ?1 AND id = ?2")?
-                .execute(params![ws, id])?;
+            for sql in [
+                "DELETE FROM journeys WHERE ws = ?1 AND id = ?2",
+                "DELETE FROM journey_stats WHERE ws = ?1 AND journey = ?2",
+                "DELETE FROM journey_schedules WHERE ws = ?1 AND journey = ?2",
+                "DELETE FROM journey_dates WHERE ws = ?1 AND journey = ?2",
+            ] {
+                conn.prepare_cached(sql)?.execute(params![ws, id])?;
+            }
         }
         _ => {
             conn.prepare_cached(
@@ -266,7 +280,8 @@ impl Processor {
         Ok(())
     }
 
-    /// Queues a live event of a profile for the journeys, when the workspace has an active journey.
+    /// Queues a live event of a profile for the journeys, when the workspace has a journey that runs or ran
+    /// (a paused journey's runs in flight still see goals, awaited events and outcomes).
     fn queue_for_journeys(
         &mut self,
         conn: &Connection,
@@ -282,7 +297,7 @@ impl Processor {
             None => {
                 let h: bool = conn
                     .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM journeys WHERE ws = ?1 AND status = 'active')",
+                        "SELECT EXISTS (SELECT 1 FROM journeys WHERE ws = ?1 AND status != 'draft')",
                     )?
                     .query_row([ws], |r| r.get(0))?;
                 self.has_journeys.insert(ws, h);
@@ -344,7 +359,7 @@ impl Processor {
         self.state(conn, ws, profile)?.apply(event, seq);
         self.queue_evaluation(conn, seq, ws, profile)?;
         if event.kind == EventType::Track && event.event.as_deref() == Some("Message Bounced") {
-            crate::deliveries::suppress_bounced(conn, ws, event)?;
+            crate::deliveries::suppress_bounced(conn, ws, profile, event)?;
         }
         if event.kind == EventType::Track {
             self.queue_for_journeys(conn, seq, ws, profile)?;

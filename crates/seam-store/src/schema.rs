@@ -312,6 +312,15 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     ) WITHOUT ROWID;
     "#,
     ),
+    (
+        10,
+        r#"
+    -- A dead letter sent again starts a new round of attempts (its records must not repeat the last round's).
+    ALTER TABLE deliveries ADD COLUMN round INTEGER NOT NULL DEFAULT 0;
+    -- The `at` a campaign's next time was planned from: a journey saved with another `at` is planned anew.
+    ALTER TABLE journey_schedules ADD COLUMN planned_from INTEGER;
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.

@@ -255,6 +255,20 @@ async fn journeys_are_validated_saved_as_drafts_versioned_activated_and_paused()
         204
     );
     assert_eq!(app.get("/v1/journeys/abandoned-cart").await.0, 404);
+    // Saved again under the same id, it goes on counting versions (runs of the old one keep theirs).
+    let (s, v) = app
+        .put_text("/v1/journeys/abandoned-cart", "application/yaml", JOURNEY)
+        .await;
+    assert_eq!(
+        (s, v["version"].as_i64(), v["status"].as_str()),
+        (201, Some(3), Some("draft"))
+    );
+    assert_eq!(
+        app.call(Method::DELETE, "/v1/journeys/abandoned-cart", None)
+            .await
+            .0,
+        204
+    );
     assert_eq!(
         app.call(Method::DELETE, "/v1/templates/cart-push", None)
             .await
@@ -1025,6 +1039,14 @@ async fn a_bounce_puts_the_address_on_the_suppression_list_and_nothing_more_goes
         .as_str()
         .unwrap()
         .to_owned();
+    // Someone else's SDK claiming the bounce changes nothing: only the person's own message counts.
+    let other = json!({"userId": "intruder", "event": "Message Bounced", "messageId": "fake",
+                       "properties": {"message_id": key}});
+    assert_eq!(app.send("/v1/track", other).await.0, 200);
+    assert!(app.get("/v1/suppressions").await.1["suppressions"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     let (s, _) = app
         .call(
             Method::POST,
@@ -1202,4 +1224,81 @@ async fn a_message_whose_template_fails_to_render_goes_to_the_dead_letters_unsen
             .starts_with("the template did not render"),
         "{v}"
     );
+    // Sent again from the dead letters, it fails again: a second round, recorded as such, dead again.
+    let key = v["messages"][0]["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.call(Method::POST, &format!("/v1/messages/{key}/replay"), None)
+            .await
+            .0,
+        202
+    );
+    let d = dispatch_due(&state, &settings, &reqwest::Client::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        d,
+        Dispatched {
+            sent: 0,
+            retried: 0,
+            dead: 1
+        }
+    );
+    let (_, v) = app.get("/v1/messages?status=dead").await;
+    assert_eq!(v["messages"].as_array().unwrap().len(), 1, "{v}");
+}
+
+#[tokio::test]
+async fn a_purchase_in_the_same_batch_as_the_cart_ends_the_run_even_while_the_journey_is_paused() {
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let template =
+        json!({"variants": {"email": {"subject": "s", "body": "b"}, "sms": {"text": "t"}}});
+    assert_eq!(
+        app.call(Method::PUT, "/v1/templates/cart", Some(template))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.put_text("/v1/journeys/cart", "application/yaml", LIVE_JOURNEY)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/cart/activate", None)
+            .await
+            .0,
+        200
+    );
+    let body = json!({"userId": "g1", "messageId": "g1", "traits": {"email": "g1@example.com", "consent": {"email": true}}});
+    assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    // An SDK sends the cart and the purchase together, half a minute after they happened.
+    let t = |s: i64| {
+        seam_core::clock::format_rfc3339(seam_core::Clock::now_ms(&app.clock) - 30_000 + s * 1000)
+    };
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "g1", "event": "Product Added", "messageId": "b-1", "properties": {"price": 150}, "timestamp": t(0)},
+        {"type": "track", "userId": "g1", "event": "Order Completed", "messageId": "b-2", "timestamp": t(5)},
+    ]});
+    assert_eq!(app.send("/v1/batch", batch).await.0, 200);
+    let (_, v) = app.get("/v1/profiles/user_id:g1/journeys").await;
+    assert_eq!(v["journeys"][0]["status"], "goal", "{v}");
+    // A second person's run waits; the journey is paused; their purchase still ends it.
+    let body = json!({"userId": "g2", "messageId": "g2", "traits": {"email": "g2@example.com", "consent": {"email": true}}});
+    assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    track_at_now(&app, "g2", "Product Added", json!({"price": 150}), "g2-a").await;
+    assert_eq!(
+        app.call(Method::POST, "/v1/journeys/cart/pause", None)
+            .await
+            .0,
+        200
+    );
+    app.clock.advance(Duration::from_secs(60));
+    track_at_now(&app, "g2", "Order Completed", json!({}), "g2-o").await;
+    app.clock.advance(Duration::from_secs(30 * 60));
+    assert!(sent_to(&app, "g1").await.is_empty());
+    assert!(sent_to(&app, "g2").await.is_empty());
+    let (_, st) = app.get("/v1/journeys/cart/stats").await;
+    assert_eq!(st["exited"]["goal"], 2, "{st}");
 }
