@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
+use seam_core::ProfileId;
 use seam_journeys::definition::{self, Catalog, JourneySpec, Problem};
 use seam_journeys::template::{self, Template, TemplateSpec};
 use seam_journeys::Channel;
@@ -625,17 +626,7 @@ pub(crate) async fn enter_journey(
             format!("journey {id:?} is not active"),
         ));
     }
-    let reference = parse_reference(&body.profile, &state)?;
-    let store = state.store.clone();
-    let profile = blocking(move || store.resolve(ws, &reference))
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                404,
-                "profile_not_found",
-                format!("no profile for {:?}", body.profile),
-            )
-        })?;
+    let profile = live_profile(&state, ws, &body.profile).await?;
     state
         .store
         .request_entry(ws, &id, &profile, state.clock.now_ms())
@@ -670,17 +661,7 @@ pub(crate) async fn of_profile(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let ws = auth::for_management(&state, &headers)?;
-    let r = parse_reference(&reference, &state)?;
-    let store = state.store.clone();
-    let profile = blocking(move || store.resolve(ws, &r))
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                404,
-                "profile_not_found",
-                format!("no profile for {reference:?}"),
-            )
-        })?;
+    let profile = live_profile(&state, ws, &reference).await?;
     let (store, p) = (state.store.clone(), profile.clone());
     let runs = blocking(move || store.runs_of(ws, &p)).await?;
     Ok(Json(json!({ "profile_id": profile, "journeys": runs })))
@@ -710,17 +691,7 @@ pub(crate) async fn messages(
     }
     let profile = match &q.profile {
         None => None,
-        Some(raw) => {
-            let r = parse_reference(raw, &state)?;
-            let store = state.store.clone();
-            Some(
-                blocking(move || store.resolve(ws, &r))
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::new(404, "profile_not_found", format!("no profile for {raw:?}"))
-                    })?,
-            )
-        }
+        Some(raw) => Some(live_profile(&state, ws, raw).await?),
     };
     if let Some(s) = &q.status {
         if !["pending", "retry", "sent", "dead"].contains(&s.as_str()) {
@@ -813,6 +784,19 @@ pub(crate) async fn replay_message(
             format!("no message has the key {key:?}"),
         )),
     }
+}
+
+/// The live profile a reference (`prof_…` or `type:value`) names, or a 404.
+async fn live_profile(
+    state: &AppState,
+    ws: WorkspaceKey,
+    raw: &str,
+) -> Result<ProfileId, ApiError> {
+    let r = parse_reference(raw, state)?;
+    let store = state.store.clone();
+    blocking(move || store.resolve(ws, &r))
+        .await?
+        .ok_or_else(|| ApiError::new(404, "profile_not_found", format!("no profile for {raw:?}")))
 }
 
 /// An address in a path: `type:value`, normalised as at ingest (`email:Anna@Example.com` → `email:anna@example.com`).

@@ -58,6 +58,22 @@ pub(crate) struct Processor {
     has_date_journeys: HashMap<i64, bool>,
 }
 
+/// Whether the workspace has something (`sql` answers for `?1` = ws), remembered in `cache` until the
+/// definitions change.
+fn workspace_has(
+    cache: &mut HashMap<i64, bool>,
+    conn: &Connection,
+    ws: i64,
+    sql: &str,
+) -> Result<bool, StoreError> {
+    if let Some(&h) = cache.get(&ws) {
+        return Ok(h);
+    }
+    let h: bool = conn.prepare_cached(sql)?.query_row([ws], |r| r.get(0))?;
+    cache.insert(ws, h);
+    Ok(h)
+}
+
 const DATE_JOURNEYS: &str =
     "SELECT EXISTS (SELECT 1 FROM journeys WHERE ws = ?1 AND status = 'active'
     AND json_extract(definition, '$.trigger.date') IS NOT NULL)";
@@ -258,19 +274,13 @@ impl Processor {
         if seq <= self.decide_after {
             return Ok(());
         }
-        let has = match self.has_segments.get(&ws) {
-            Some(&h) => h,
-            None => {
-                let h: bool = conn
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM segments WHERE ws = ?1)
-                             OR EXISTS (SELECT 1 FROM computed_trait_defs WHERE ws = ?1)",
-                    )?
-                    .query_row([ws], |r| r.get(0))?;
-                self.has_segments.insert(ws, h);
-                h
-            }
-        };
+        let has = workspace_has(
+            &mut self.has_segments,
+            conn,
+            ws,
+            "SELECT EXISTS (SELECT 1 FROM segments WHERE ws = ?1)
+                 OR EXISTS (SELECT 1 FROM computed_trait_defs WHERE ws = ?1)",
+        )?;
         if has {
             conn.prepare_cached(
                 "INSERT OR IGNORE INTO pending_evaluations (ws, profile) VALUES (?1, ?2)",
@@ -292,18 +302,12 @@ impl Processor {
         if seq <= self.decide_after {
             return Ok(());
         }
-        let has = match self.has_journeys.get(&ws) {
-            Some(&h) => h,
-            None => {
-                let h: bool = conn
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM journeys WHERE ws = ?1 AND status != 'draft')",
-                    )?
-                    .query_row([ws], |r| r.get(0))?;
-                self.has_journeys.insert(ws, h);
-                h
-            }
-        };
+        let has = workspace_has(
+            &mut self.has_journeys,
+            conn,
+            ws,
+            "SELECT EXISTS (SELECT 1 FROM journeys WHERE ws = ?1 AND status != 'draft')",
+        )?;
         if has {
             conn.prepare_cached(
                 "INSERT OR IGNORE INTO pending_journey_events (seq, ws, profile) VALUES (?1, ?2, ?3)",
@@ -367,17 +371,7 @@ impl Processor {
         if event.kind == EventType::Identify && !event.traits.is_empty() && seq > self.decide_after
         {
             // Traits changed: the person's date-triggered journeys are planned again (if there are any).
-            let has = match self.has_date_journeys.get(&ws) {
-                Some(&h) => h,
-                None => {
-                    let h: bool = conn
-                        .prepare_cached(DATE_JOURNEYS)?
-                        .query_row([ws], |r| r.get(0))?;
-                    self.has_date_journeys.insert(ws, h);
-                    h
-                }
-            };
-            if has {
+            if workspace_has(&mut self.has_date_journeys, conn, ws, DATE_JOURNEYS)? {
                 conn.prepare_cached(
                     "INSERT OR IGNORE INTO pending_date_plans (ws, profile) VALUES (?1, ?2)",
                 )?
