@@ -272,13 +272,23 @@ pub(crate) async fn list_templates(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let ws = auth::for_management(&state, &headers)?;
-    let views: Vec<View> = all(&state, ws, DefinitionKind::Template)
+    list(&state, &headers, DefinitionKind::Template, "templates").await
+}
+
+/// Every definition of a kind, under `field`.
+async fn list(
+    state: &AppState,
+    headers: &HeaderMap,
+    kind: DefinitionKind,
+    field: &str,
+) -> Result<Json<Value>, ApiError> {
+    let ws = auth::for_management(state, headers)?;
+    let views: Vec<View> = all(state, ws, kind)
         .await?
         .into_iter()
         .map(view)
         .collect::<Result<_, _>>()?;
-    Ok(Json(json!({ "templates": views })))
+    Ok(Json(json!({ field: views })))
 }
 
 /// `GET /v1/templates/{id}`
@@ -453,13 +463,7 @@ pub(crate) async fn list_journeys(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let ws = auth::for_management(&state, &headers)?;
-    let views: Vec<View> = all(&state, ws, DefinitionKind::Journey)
-        .await?
-        .into_iter()
-        .map(view)
-        .collect::<Result<_, _>>()?;
-    Ok(Json(json!({ "journeys": views })))
+    list(&state, &headers, DefinitionKind::Journey, "journeys").await
 }
 
 /// `GET /v1/journeys/{id}`

@@ -19,6 +19,34 @@ impl TestApp {
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
+
+    /// Saves a template and a journey (YAML) that sends it, and activates the journey.
+    async fn install(&self, template_id: &str, template: Value, journey_id: &str, journey: &str) {
+        let (s, v) = self
+            .call(
+                Method::PUT,
+                &format!("/v1/templates/{template_id}"),
+                Some(template),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = self
+            .put_text(
+                &format!("/v1/journeys/{journey_id}"),
+                "application/yaml",
+                journey,
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = self
+            .call(
+                Method::POST,
+                &format!("/v1/journeys/{journey_id}/activate"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
 }
 
 fn cart_push() -> Value {
@@ -397,24 +425,7 @@ async fn an_active_journey_runs_on_live_events_and_the_clock_and_ends_at_its_goa
         "email": {"subject": "{{ profile.traits.first_name | default: 'Hello' }}, {{ event.properties.name }} is waiting", "body": "b"},
         "sms": {"text": "{{ event.properties.name }} is still in your cart"}
     }});
-    assert_eq!(
-        app.call(Method::PUT, "/v1/templates/cart", Some(template))
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.put_text("/v1/journeys/cart", "application/yaml", LIVE_JOURNEY)
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.call(Method::POST, "/v1/journeys/cart/activate", None)
-            .await
-            .0,
-        200
-    );
+    app.install("cart", template, "cart", LIVE_JOURNEY).await;
     for (user, phone) in [
         ("u1", "+79123456781"),
         ("u2", "+79123456782"),
@@ -583,24 +594,7 @@ nodes:
   hello: { type: send, channel: email, template: hi, category: transactional }
 "#;
     let template = json!({"variants": {"email": {"subject": "Hi {{ profile.traits.first_name }}", "body": "b"}}});
-    assert_eq!(
-        app.call(Method::PUT, "/v1/templates/hi", Some(template))
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.put_text("/v1/journeys/welcome", "application/yaml", journey)
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.call(Method::POST, "/v1/journeys/welcome/activate", None)
-            .await
-            .0,
-        200
-    );
+    app.install("hi", template, "welcome", journey).await;
     let body = json!({"userId": "w1", "messageId": "w1", "traits": {"first_name": "Ivan", "email": "w1@example.com"}});
     assert_eq!(app.send("/v1/identify", body).await.0, 200);
     let (s, v) = app
@@ -662,25 +656,8 @@ async fn the_servers_delivery_rules_hold_back_messages_with_the_reason() {
     };
     let app = spawn_app_with_store(seam_server::ApiSettings::default(), opts).await;
     let template = json!({"variants": {"email": {"subject": "s", "body": "b"}}});
-    assert_eq!(
-        app.call(Method::PUT, "/v1/templates/t", Some(template))
-            .await
-            .0,
-        201
-    );
     let journey = "trigger: { api: true }\nreentry: after_exit\nstart: m\nnodes: { m: { type: send, channel: email, template: t } }\n";
-    assert_eq!(
-        app.put_text("/v1/journeys/promo", "application/yaml", journey)
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.call(Method::POST, "/v1/journeys/promo/activate", None)
-            .await
-            .0,
-        200
-    );
+    app.install("t", template, "promo", journey).await;
     let body = json!({"userId": "q1", "messageId": "q1", "traits": {"email": "q1@example.com", "consent": {"email": true}}});
     assert_eq!(app.send("/v1/identify", body).await.0, 200);
     let (_, v) = app
@@ -752,27 +729,10 @@ async fn the_dispatcher_signs_webhooks_retries_on_a_schedule_keeps_dead_letters_
     let app = spawn_app().await;
     let (url, seen) = receiver(3).await;
     let template = json!({"variants": {"email": {"subject": "Welcome", "body": "b"}}});
-    assert_eq!(
-        app.call(Method::PUT, "/v1/templates/welcome", Some(template))
-            .await
-            .0,
-        201
-    );
     let journey = format!(
         "trigger: {{ event: Signed Up }}\nstart: hook\nnodes:\n  hook: {{ type: webhook, url: \"{url}\", next: mail }}\n  mail: {{ type: send, channel: email, template: welcome }}\n"
     );
-    assert_eq!(
-        app.put_text("/v1/journeys/signup", "application/yaml", &journey)
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.call(Method::POST, "/v1/journeys/signup/activate", None)
-            .await
-            .0,
-        200
-    );
+    app.install("welcome", template, "signup", &journey).await;
     let body = json!({"userId": "d1", "messageId": "d1", "traits": {"email": "d1@example.com", "consent": {"email": true}}});
     assert_eq!(app.send("/v1/identify", body).await.0, 200);
     track_at_now(&app, "d1", "Signed Up", json!({"plan": "free"}), "s1").await;
@@ -878,25 +838,8 @@ async fn a_run_started_by_an_anonymous_visitor_follows_them_when_they_log_in() {
     use std::time::Duration;
     let app = spawn_app().await;
     let template = json!({"variants": {"email": {"subject": "{{ event.properties.name }} is waiting", "body": "b"}}});
-    assert_eq!(
-        app.call(Method::PUT, "/v1/templates/cart", Some(template))
-            .await
-            .0,
-        201
-    );
     let journey = "trigger: { event: Product Added }\nstart: wait\nnodes:\n  wait: { type: wait, for: 20 minutes, next: mail }\n  mail: { type: send, channel: email, template: cart, category: transactional }\n";
-    assert_eq!(
-        app.put_text("/v1/journeys/cart", "application/yaml", journey)
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.call(Method::POST, "/v1/journeys/cart/activate", None)
-            .await
-            .0,
-        200
-    );
+    app.install("cart", template, "cart", journey).await;
     // The customer is known from an earlier visit; today they browse anonymously on a new device.
     let known = json!({"userId": "m1", "messageId": "m1", "traits": {"email": "m1@example.com"}});
     assert_eq!(app.send("/v1/identify", known).await.0, 200);
@@ -939,28 +882,11 @@ async fn a_campaign_reaches_everyone_in_its_segment_once_at_its_time() {
         .await;
     assert_eq!(s, 201, "{v}");
     let template = json!({"variants": {"email": {"subject": "Winter sale", "body": "b"}, "sms": {"text": "Winter sale"}}});
-    assert_eq!(
-        app.call(Method::PUT, "/v1/templates/sale", Some(template))
-            .await
-            .0,
-        201
-    );
     let at = seam_core::clock::format_rfc3339(seam_core::Clock::now_ms(&app.clock) + 3_600_000);
     let journey = format!(
         "trigger: {{ schedule: {{ at: \"{at}\", segment: Subscribers }} }}\nstart: announce\nnodes:\n  announce: {{ type: first_reachable, channels: [email, sms], template: sale }}\n"
     );
-    assert_eq!(
-        app.put_text("/v1/journeys/sale", "application/yaml", &journey)
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.call(Method::POST, "/v1/journeys/sale/activate", None)
-            .await
-            .0,
-        200
-    );
+    app.install("sale", template, "sale", &journey).await;
     for (user, traits) in [
         (
             "c1",
@@ -1013,25 +939,8 @@ async fn a_campaign_reaches_everyone_in_its_segment_once_at_its_time() {
 async fn a_bounce_puts_the_address_on_the_suppression_list_and_nothing_more_goes_there() {
     let app = spawn_app().await;
     let template = json!({"variants": {"email": {"subject": "Your order", "body": "b"}}});
-    assert_eq!(
-        app.call(Method::PUT, "/v1/templates/order", Some(template))
-            .await
-            .0,
-        201
-    );
     let journey = "trigger: { event: Order Completed }\nreentry: after_exit\nstart: m\nnodes: { m: { type: send, channel: email, template: order, category: transactional } }\n";
-    assert_eq!(
-        app.put_text("/v1/journeys/orders", "application/yaml", journey)
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.call(Method::POST, "/v1/journeys/orders/activate", None)
-            .await
-            .0,
-        200
-    );
+    app.install("order", template, "orders", journey).await;
     let body = json!({"userId": "b1", "messageId": "b1", "traits": {"email": "b1@example.com"}});
     assert_eq!(app.send("/v1/identify", body).await.0, 200);
     track_at_now(&app, "b1", "Order Completed", json!({}), "o1").await;
@@ -1117,28 +1026,11 @@ async fn date_triggers_fire_on_each_persons_date_in_their_time_zone() {
     // NOW is 2026-11-23 00:00 UTC.
     let app = spawn_app().await;
     let template = json!({"variants": {"email": {"subject": "Happy birthday, {{ profile.traits.first_name }}", "body": "b"}}});
-    assert_eq!(
-        app.call(Method::PUT, "/v1/templates/bday", Some(template))
-            .await
-            .0,
-        201
-    );
     let body = json!({"userId": "h1", "messageId": "h1", "traits": {"first_name": "Anna", "email": "h1@example.com",
         "birthday": "1990-11-24", "timezone": "Europe/Moscow", "consent": {"email": true}}});
     assert_eq!(app.send("/v1/identify", body).await.0, 200);
     let journey = "trigger: { date: { trait: birthday, at: \"09:00\", yearly: true } }\nreentry: after_exit\nstart: m\nnodes: { m: { type: send, channel: email, template: bday } }\n";
-    assert_eq!(
-        app.put_text("/v1/journeys/birthday", "application/yaml", journey)
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.call(Method::POST, "/v1/journeys/birthday/activate", None)
-            .await
-            .0,
-        200
-    );
+    app.install("bday", template, "birthday", journey).await;
     // A birthday learned after the activation is planned too.
     let body = json!({"userId": "h2", "messageId": "h2", "traits": {"first_name": "Ivan", "email": "h2@example.com",
         "birthday": "1985-11-25", "consent": {"email": true}}});
@@ -1164,25 +1056,8 @@ async fn a_message_whose_template_fails_to_render_goes_to_the_dead_letters_unsen
     let app = spawn_app().await;
     // Saved fine (the sample event has no items); an item without a name fails when rendered.
     let template = json!({"variants": {"email": {"subject": "Your items", "body": "{% for p in event.properties.items %}{{ p.name }}{% endfor %}"}}});
-    assert_eq!(
-        app.call(Method::PUT, "/v1/templates/items", Some(template))
-            .await
-            .0,
-        201
-    );
     let journey = "trigger: { event: Ordered }\nstart: m\nnodes: { m: { type: send, channel: email, template: items, category: transactional } }\n";
-    assert_eq!(
-        app.put_text("/v1/journeys/items", "application/yaml", journey)
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.call(Method::POST, "/v1/journeys/items/activate", None)
-            .await
-            .0,
-        200
-    );
+    app.install("items", template, "items", journey).await;
     let body = json!({"userId": "r1", "messageId": "r1", "traits": {"email": "r1@example.com"}});
     assert_eq!(app.send("/v1/identify", body).await.0, 200);
     track_at_now(
@@ -1253,24 +1128,7 @@ async fn a_purchase_in_the_same_batch_as_the_cart_ends_the_run_even_while_the_jo
     let app = spawn_app().await;
     let template =
         json!({"variants": {"email": {"subject": "s", "body": "b"}, "sms": {"text": "t"}}});
-    assert_eq!(
-        app.call(Method::PUT, "/v1/templates/cart", Some(template))
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.put_text("/v1/journeys/cart", "application/yaml", LIVE_JOURNEY)
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        app.call(Method::POST, "/v1/journeys/cart/activate", None)
-            .await
-            .0,
-        200
-    );
+    app.install("cart", template, "cart", LIVE_JOURNEY).await;
     let body = json!({"userId": "g1", "messageId": "g1", "traits": {"email": "g1@example.com", "consent": {"email": true}}});
     assert_eq!(app.send("/v1/identify", body).await.0, 200);
     // An SDK sends the cart and the purchase together, half a minute after they happened.
