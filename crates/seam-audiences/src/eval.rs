@@ -483,22 +483,20 @@ fn print_duration(d: &crate::ast::Duration) -> String {
 /// time running out. `None` when only new events can change it. It may be earlier than the actual change (the
 /// caller re-evaluates then and asks again), never later: the scheduler of time-driven membership relies on it.
 pub fn next_change(e: &Expr, person: &Person<'_>, now: Millis) -> Option<Millis> {
-    let mut names = BTreeSet::new();
-    let mut durations = BTreeSet::new();
-    collect(e, &mut names, &mut durations);
+    let mut uses = Uses::default();
+    uses.expr(e);
     let mut next: Option<Millis> = None;
     let mut consider = |t: Millis| {
         if t > now {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
     };
-    for ev in person
-        .events
-        .iter()
-        .filter(|ev| names.contains(ev.name.as_str()))
-    {
+    for ev in person.events {
+        let Some(durations) = uses.events.get(ev.name.as_str()) else {
+            continue;
+        };
         consider(ev.at);
-        for d in &durations {
+        for d in &durations.durations {
             // Windows are half-open, comparisons strict or not: the flip is at the instant or the one after.
             consider(ev.at + d);
             consider(ev.at + d + 1);
@@ -507,48 +505,104 @@ pub fn next_change(e: &Expr, person: &Person<'_>, now: Millis) -> Option<Millis>
     next
 }
 
-fn collect<'e>(e: &'e Expr, names: &mut BTreeSet<&'e str>, durations: &mut BTreeSet<Millis>) {
-    let metric =
-        |m: &'e Metric, names: &mut BTreeSet<&'e str>, durations: &mut BTreeSet<Millis>| {
-            names.insert(m.of.event.as_str());
-            match &m.window {
-                Window::Ever => {}
-                Window::Last { duration } => {
-                    durations.insert(duration.millis());
-                }
-                Window::Between { from, to } => {
-                    durations.insert(from.millis());
-                    durations.insert(to.millis());
-                }
-            }
-        };
-    match e {
-        Expr::And { args } | Expr::Or { args } => {
-            args.iter().for_each(|a| collect(a, names, durations))
-        }
-        Expr::Not { arg } => collect(arg, names, durations),
-        Expr::ForSome { expr, .. } => collect(expr, names, durations),
-        Expr::Compare { left, right, .. } => {
-            metric(left, names, durations);
-            match right {
-                Operand::Metric { metric: m } => metric(m, names, durations),
-                Operand::Ago { duration } => {
-                    durations.insert(duration.millis());
-                }
-                Operand::Value { .. } => {}
+/// How definitions use the events of one name.
+#[derive(Debug, Default)]
+pub(crate) struct EventUse<'e> {
+    /// Durations after an event at which a result may change because of it (windows, `N ago`, `within`).
+    pub durations: BTreeSet<Millis>,
+    /// Whether some use looks at all of time (a window of `ever`, a sequence): such events never stop mattering.
+    pub forever: bool,
+    /// Top-level properties read (filters, measured properties).
+    pub properties: BTreeSet<&'e str>,
+}
+
+/// What one or more definitions read of a person's events.
+#[derive(Debug, Default)]
+pub(crate) struct Uses<'e> {
+    pub events: std::collections::BTreeMap<&'e str, EventUse<'e>>,
+    /// Top-level properties whose values `for some` ranges over (taken from events of any name).
+    pub items: BTreeSet<&'e str>,
+}
+
+impl<'e> Uses<'e> {
+    fn select(&mut self, sel: &'e EventSel) -> &mut EventUse<'e> {
+        let u = self.events.entry(sel.event.as_str()).or_default();
+        for f in &sel.filters {
+            if let Some(p) = f.property.first() {
+                u.properties.insert(p);
             }
         }
-        Expr::Sequence {
-            first,
-            then,
-            within,
-            ..
-        } => {
-            names.insert(first.event.as_str());
-            names.insert(then.event.as_str());
-            durations.insert(within.millis());
+        u
+    }
+
+    pub(crate) fn metric(&mut self, m: &'e Metric, ago: Option<Millis>) {
+        let u = self.select(&m.of);
+        match &m.agg {
+            Agg::Sum { property }
+            | Agg::Avg { property }
+            | Agg::Min { property }
+            | Agg::Max { property }
+            | Agg::Distinct { property }
+            | Agg::LastValue { property }
+            | Agg::MostFrequent { property } => {
+                if let Some(p) = property.first() {
+                    u.properties.insert(p);
+                }
+            }
+            Agg::Count | Agg::FirstTime | Agg::LastTime | Agg::PreferredHour => {}
         }
-        Expr::Trait { .. } | Expr::Has { .. } | Expr::Consent { .. } | Expr::InSegment { .. } => {}
+        match &m.window {
+            Window::Ever => u.forever = true,
+            Window::Last { duration } => {
+                u.durations.insert(duration.millis());
+            }
+            Window::Between { from, to } => {
+                u.durations.insert(from.millis());
+                u.durations.insert(to.millis());
+            }
+        }
+        if let Some(d) = ago {
+            u.durations.insert(d);
+        }
+    }
+
+    pub(crate) fn expr(&mut self, e: &'e Expr) {
+        match e {
+            Expr::And { args } | Expr::Or { args } => args.iter().for_each(|a| self.expr(a)),
+            Expr::Not { arg } => self.expr(arg),
+            Expr::ForSome { property, expr } => {
+                if let Some(p) = property.first() {
+                    self.items.insert(p);
+                }
+                self.expr(expr);
+            }
+            Expr::Compare { left, right, .. } => {
+                let ago = match right {
+                    Operand::Ago { duration } => Some(duration.millis()),
+                    Operand::Value { .. } | Operand::Metric { .. } => None,
+                };
+                self.metric(left, ago);
+                if let Operand::Metric { metric } = right {
+                    self.metric(metric, None);
+                }
+            }
+            Expr::Sequence {
+                first,
+                then,
+                within,
+                ..
+            } => {
+                for sel in [first, then] {
+                    let u = self.select(sel);
+                    u.forever = true;
+                    u.durations.insert(within.millis());
+                }
+            }
+            Expr::Trait { .. }
+            | Expr::Has { .. }
+            | Expr::Consent { .. }
+            | Expr::InSegment { .. } => {}
+        }
     }
 }
 

@@ -7,10 +7,12 @@
 //! - [`eval`]: evaluation from scratch against one person's data, and `explain`: why a person is or is not
 //!   in a segment, condition by condition, with the values that decided it; `next_change`: when time alone
 //!   may change the result.
+//! - [`digest`]: the part of a person's history that a set of definitions can still read, kept event by event.
 //!
 //! The grammar and examples are in `docs/segments.md`. Nothing here does IO.
 
 pub mod ast;
+pub mod digest;
 pub mod eval;
 pub mod parse;
 pub mod print;

@@ -765,3 +765,230 @@ fn filters_and_durations_parse_alone_for_journeys() {
     assert!(crate::parse_duration("3 fortnights").is_err());
     assert!(crate::parse_duration("3 hours later").is_err());
 }
+
+mod digests {
+    use proptest::prelude::*;
+    use serde_json::{json, Map};
+
+    use crate::digest::{Digest, Needs};
+    use crate::eval::{evaluate, measure, next_change, Person, PersonEvent};
+    use crate::{parse, parse_metric};
+
+    const MIN: i64 = 60_000;
+    const START: i64 = 1_795_392_000_000;
+
+    fn name() -> impl Strategy<Value = &'static str> {
+        prop_oneof![Just("A"), Just("B"), Just("C")]
+    }
+
+    fn span() -> impl Strategy<Value = String> {
+        (
+            1u32..40,
+            prop_oneof![Just("minutes"), Just("hours"), Just("days")],
+        )
+            .prop_map(|(n, u)| format!("{n} {u}"))
+    }
+
+    fn window() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            span().prop_map(|s| format!(" in last {s}")),
+            (1u32..30, 1u32..30)
+                .prop_map(|(a, b)| format!(" between {} hours ago and {a} hours ago", a + b)),
+        ]
+    }
+
+    fn filter(item: bool) -> impl Strategy<Value = String> {
+        let mut options = vec![
+            Just(String::new()).boxed(),
+            Just(" where v > 1".to_owned()).boxed(),
+            Just(r#" where sku = "s1""#.to_owned()).boxed(),
+        ];
+        if item {
+            options.push(Just(" where sku = item".to_owned()).boxed());
+        }
+        proptest::strategy::Union::new(options)
+    }
+
+    fn measure_text(item: bool) -> BoxedStrategy<String> {
+        (
+            prop_oneof![
+                Just("count of"),
+                Just("sum v of"),
+                Just("max v of"),
+                Just("distinct sku of"),
+                Just("last sku of"),
+                Just("most frequent sku of"),
+                Just("preferred hour of"),
+            ],
+            name(),
+            filter(item),
+            window(),
+        )
+            .prop_map(|(agg, n, f, w)| format!(r#"{agg} "{n}"{f}{w}"#))
+            .boxed()
+    }
+
+    fn condition(item: bool) -> BoxedStrategy<String> {
+        prop_oneof![
+            (measure_text(item), 0u32..4).prop_map(|(m, k)| format!("{m} >= {k}")),
+            (measure_text(item), measure_text(item)).prop_map(|(a, b)| format!("{a} < {b}")),
+            (
+                prop_oneof![Just("last time of"), Just("first time of")],
+                name(),
+                filter(item),
+                prop_oneof![Just("<"), Just(">")],
+                span()
+            )
+                .prop_map(|(t, n, f, c, s)| format!(r#"{t} "{n}"{f} {c} {s} ago"#)),
+            (
+                name(),
+                name(),
+                prop_oneof![Just("then"), Just("not followed by")],
+                span()
+            )
+                .prop_map(|(a, b, how, s)| format!(r#""{a}" {how} "{b}" within {s}"#)),
+        ]
+        .boxed()
+    }
+
+    fn definition() -> BoxedStrategy<String> {
+        let leaf = prop_oneof![
+            3 => condition(false),
+            1 => (condition(true), condition(true))
+                .prop_map(|(a, b)| format!("for some sku: ({a} and not ({b}))")),
+        ];
+        prop::collection::vec(
+            (leaf, prop_oneof![Just("and"), Just("or"), Just("and not")]),
+            1..4,
+        )
+        .prop_map(|parts| {
+            let mut text = String::new();
+            for (i, (c, op)) in parts.into_iter().enumerate() {
+                if i > 0 {
+                    text.push_str(&format!(" {op} "));
+                }
+                text.push_str(&format!("({c})"));
+            }
+            text
+        })
+        .boxed()
+    }
+
+    /// Events in the order they arrive (not the order of their times), and how far the clock moves after each.
+    fn arrivals() -> impl Strategy<Value = Vec<(PersonEvent, i64)>> {
+        prop::collection::vec(
+            (
+                prop_oneof![Just("A"), Just("B"), Just("C"), Just("D")],
+                -(3 * 24 * 60i64)..(6 * 60),
+                0u8..4,
+                0u8..4,
+                0i64..(12 * 60),
+            ),
+            0..24,
+        )
+        .prop_map(|v| {
+            let mut now = START;
+            v.into_iter()
+                .map(|(name, offset, sku, val, step)| {
+                    let mut properties = json!({"v": val, "other": "x"})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default();
+                    if sku < 3 {
+                        properties.insert("sku".into(), json!(format!("s{sku}")));
+                    }
+                    let e = PersonEvent {
+                        name: name.into(),
+                        at: now + offset * MIN,
+                        properties,
+                    };
+                    now += step * MIN;
+                    (e, step * MIN)
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Membership, `next_change` and computed measures read from a digest kept event by event (and pruned as
+        /// the clock moves) equal those read from the whole history, at every step.
+        #[test]
+        fn a_digest_decides_exactly_as_the_whole_history(
+            defs in prop::collection::vec(definition(), 1..3),
+            measures in prop::collection::vec(measure_text(false), 0..2),
+            arrivals in arrivals(),
+        ) {
+            let exprs: Vec<_> = defs.iter().map(|d| parse(d).map_err(|e| TestCaseError::fail(format!("{d}\n{e}")))).collect::<Result<_, _>>()?;
+            let metrics: Vec<_> = measures.iter().map(|m| parse_metric(m).map_err(|e| TestCaseError::fail(format!("{m}\n{e}")))).collect::<Result<_, _>>()?;
+            let needs = Needs::of(&exprs, &metrics);
+            let traits = Map::new();
+            let mut digest = Digest::default();
+            let mut all: Vec<(i64, PersonEvent)> = Vec::new();
+            let mut now = START;
+            for (seq, (event, step)) in arrivals.into_iter().enumerate() {
+                let seq = seq as i64 + 1;
+                needs.admit(&mut digest, seq, &event.name, event.at, &event.properties);
+                all.push((seq, event));
+                all.sort_by_key(|(s, e)| (e.at, *s));
+                for _ in 0..2 {
+                    needs.prune(&mut digest, now);
+                    let full: Vec<PersonEvent> = all.iter().map(|(_, e)| e.clone()).collect();
+                    let kept = digest.person_events();
+                    let whole = Person { traits: &traits, identities: &[], events: &full, in_segment: &|_| false };
+                    let part = Person { traits: &traits, identities: &[], events: &kept, in_segment: &|_| false };
+                    for (e, text) in exprs.iter().zip(&defs) {
+                        prop_assert_eq!(evaluate(e, &part, now), evaluate(e, &whole, now), "{} at {}", text, now);
+                        prop_assert_eq!(next_change(e, &part, now), next_change(e, &whole, now), "{} at {}", text, now);
+                    }
+                    for (m, text) in metrics.iter().zip(&measures) {
+                        prop_assert_eq!(measure(m, &part, now), measure(m, &whole, now), "{} at {}", text, now);
+                    }
+                    now += step / 2;
+                }
+            }
+            // Kept only what is read: events of a name no definition uses carry only `for some` values.
+            for k in &digest.events {
+                prop_assert!(!k.properties.contains_key("other"));
+            }
+        }
+    }
+
+    #[test]
+    fn old_events_leave_the_digest_but_a_value_for_some_ranges_over_stays() {
+        let expr = parse(
+            r#"for some sku: (count of "A" where sku = item in last 1 hours >= 1) or count of "B" in last 2 hours >= 1"#,
+        )
+        .unwrap();
+        let needs = Needs::of([&expr], []);
+        let mut d = Digest::default();
+        let props = |sku: &str| json!({"sku": sku, "v": 1}).as_object().cloned().unwrap();
+        needs.admit(&mut d, 1, "A", START, &props("s1"));
+        needs.admit(&mut d, 2, "A", START + MIN, &props("s1"));
+        needs.admit(&mut d, 3, "B", START, &props("s2"));
+        needs.admit(&mut d, 4, "D", START, &props("s3"));
+        needs.admit(&mut d, 5, "D", START + MIN, &props("s3"));
+        assert_eq!(
+            d.events.len(),
+            4,
+            "a second event of an unread name with a known value is not kept"
+        );
+        assert!(needs.prune(&mut d, START + 3 * 86_400_000));
+        let left: Vec<_> = d
+            .events
+            .iter()
+            .map(|k| (k.seq, k.properties.get("sku").cloned()))
+            .collect();
+        assert_eq!(
+            left,
+            vec![
+                (1, Some(json!("s1"))),
+                (3, Some(json!("s2"))),
+                (4, Some(json!("s3")))
+            ]
+        );
+        assert!(d.events.iter().all(|k| !k.properties.contains_key("v")));
+    }
+}

@@ -11,12 +11,13 @@ use std::collections::{HashMap, HashSet};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use seam_audiences::ast::Metric;
-use seam_audiences::{measure, parse, parse_metric, Expr, Library, Person};
+use seam_audiences::digest::{Digest, Needs};
+use seam_audiences::{measure, parse, parse_metric, Expr, Library, Person, PersonEvent};
 use seam_core::{Event, EventType, Millis, ProfileId};
 use serde_json::json;
 
 use crate::process::Emitted;
-use crate::segments::person_data;
+use crate::segments::{person_profile, track_events};
 use crate::{StoreError, WorkspaceKey};
 
 /// What one decision pass did.
@@ -33,6 +34,9 @@ struct Defs {
     segments: Vec<(String, String, Expr)>,
     /// (name, measure) of each computed trait.
     computed: Vec<(String, Metric)>,
+    /// What they read of events, and its fingerprint.
+    needs: Needs,
+    needs_fp: i64,
 }
 
 fn load_defs(conn: &Connection, ws: i64) -> Result<Defs, StoreError> {
@@ -72,11 +76,59 @@ fn load_defs(conn: &Connection, ws: i64) -> Result<Defs, StoreError> {
             }
         }
     }
+    let needs = Needs::of(
+        segments.iter().map(|(_, _, e)| e),
+        computed.iter().map(|(_, m)| m),
+    );
     Ok(Defs {
         library,
         segments,
         computed,
+        needs_fp: needs.fingerprint(),
+        needs,
     })
+}
+
+/// The person's events that the definitions read: their digest brought up to date with the events applied
+/// since it was made (or made from the whole timeline when missing, made for other definitions, or the person
+/// merged), pruned to `now`.
+fn digest_events(
+    tx: &Connection,
+    d: &Defs,
+    ws: i64,
+    profile: i64,
+    now: Millis,
+) -> Result<Vec<PersonEvent>, StoreError> {
+    if d.needs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stored: Option<(i64, i64, String)> = tx
+        .prepare_cached("SELECT needs, upto, body FROM digests WHERE ws = ?1 AND profile = ?2")?
+        .query_row(params![ws, profile], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let (mut digest, mut upto): (Digest, i64) = match stored {
+        Some((made_for, upto, body)) if made_for == d.needs_fp => {
+            (serde_json::from_str(&body)?, upto)
+        }
+        _ => (Digest::default(), -1),
+    };
+    let fresh = track_events(tx, "main", "log", WorkspaceKey(ws), profile, upto.max(0))?;
+    let mut changed = upto < 0 || !fresh.is_empty();
+    for (seq, e) in fresh {
+        d.needs
+            .admit(&mut digest, seq, &e.name, e.at, &e.properties);
+        upto = upto.max(seq);
+    }
+    changed |= d.needs.prune(&mut digest, now);
+    if changed {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO digests (ws, profile, needs, upto, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![ws, profile, d.needs_fp, upto.max(0), serde_json::to_string(&digest)?])?;
+    }
+    Ok(digest.person_events())
 }
 
 /// Evaluates up to `limit` queued profiles at `now` and records the membership changes.
@@ -117,7 +169,8 @@ pub(crate) fn decide(
             slot.insert(load_defs(&tx, ws)?);
         }
         let d = &defs[&ws];
-        let mut data = person_data(&tx, "main", "log", WorkspaceKey(ws), profile)?;
+        let mut data = person_profile(&tx, "main", WorkspaceKey(ws), profile)?;
+        data.events = digest_events(&tx, d, ws, profile, now)?;
         let mut next: Option<Millis> = None;
         let mut soonest = |c: Option<Millis>| {
             if let Some(c) = c {

@@ -542,6 +542,8 @@ impl Processor {
                 "DELETE FROM pending_evaluations WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
                 "DELETE FROM segment_timers WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
                 "DELETE FROM computed_traits WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
+                // The survivor's digest is made again from the joined timeline when next evaluated.
+                "DELETE FROM digests WHERE ws = ?1 AND profile IN (?2, ?3)",
                 "UPDATE identities SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
                 "UPDATE timeline SET profile = ?3 WHERE ws = ?1 AND profile = ?2",
                 // The person's journey runs follow them (the anonymous visitor's cart reminder goes on once

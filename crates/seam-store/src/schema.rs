@@ -321,6 +321,23 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE journey_schedules ADD COLUMN planned_from INTEGER;
     "#,
     ),
+    (
+        11,
+        r#"
+    -- Each person's digest: the events their workspace's segments and computed traits can still read (see
+    -- seam_audiences::digest), brought up to date with the person's new events at each evaluation; `upto` is
+    -- the last log position it has seen, `needs` the fingerprint of the definitions it was made for (a digest
+    -- made for other definitions, or a person who merged, is made again from the timeline).
+    CREATE TABLE digests (
+        ws INTEGER NOT NULL,
+        profile INTEGER NOT NULL,
+        needs INTEGER NOT NULL,
+        upto INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (ws, profile)
+    ) WITHOUT ROWID;
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.
@@ -345,8 +362,10 @@ pub const PROJECTION_TABLES: &[&str] = &[
     "suppressions",
 ];
 
-/// Scheduling tables of projections.db: emptied by a rebuild, not compared (they depend on when things ran).
+/// Scheduling and working tables of projections.db: emptied by a rebuild, not compared (they depend on when
+/// things ran).
 pub const SCHEDULE_TABLES: &[&str] = &[
+    "digests",
     "pending_evaluations",
     "segment_timers",
     "pending_journey_events",

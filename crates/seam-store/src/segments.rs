@@ -263,11 +263,48 @@ pub(crate) fn person_data(
     ws: WorkspaceKey,
     k: i64,
 ) -> Result<PersonData, StoreError> {
+    let mut data = person_profile(c, proj, ws, k)?;
+    data.events = track_events(c, proj, log, ws, k, 0)?
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    Ok(data)
+}
+
+/// A person's traits (computed ones under `computed`) and identities; no events.
+pub(crate) fn person_profile(
+    c: &rusqlite::Connection,
+    proj: &str,
+    ws: WorkspaceKey,
+    k: i64,
+) -> Result<PersonData, StoreError> {
     let state = state_of(c, proj, ws, k)?;
     let identities = identities_of(c, proj, ws, k)?;
+    let mut traits = state.trait_values();
+    let computed = computed_traits_of(c, proj, ws, k)?;
+    if !computed.is_empty() {
+        traits.insert("computed".to_owned(), Value::Object(computed));
+    }
+    Ok(PersonData {
+        traits,
+        identities,
+        events: Vec::new(),
+    })
+}
+
+/// A person's track events after log position `after` from their timeline, in time order, each with its log
+/// position.
+pub(crate) fn track_events(
+    c: &rusqlite::Connection,
+    proj: &str,
+    log: &str,
+    ws: WorkspaceKey,
+    k: i64,
+    after: i64,
+) -> Result<Vec<(i64, PersonEvent)>, StoreError> {
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT e.body FROM {proj}.timeline t JOIN {log}.events e ON e.seq = t.seq
-         WHERE t.ws = ?1 AND t.profile = ?2 AND e.type = 'track' ORDER BY t.ts, t.seq"
+        "SELECT t.seq, e.body FROM {proj}.timeline t JOIN {log}.events e ON e.seq = t.seq
+         WHERE t.ws = ?1 AND t.profile = ?2 AND t.seq > ?3 AND e.type = 'track' ORDER BY t.ts, t.seq"
     ))?;
     /// What evaluation reads of a stored event; the rest (context, identifiers) is skipped unparsed.
     #[derive(serde::Deserialize)]
@@ -279,24 +316,22 @@ pub(crate) fn person_data(
         properties: Map<String, Value>,
     }
     let mut events = Vec::new();
-    for body in stmt.query_map(params![ws.0, k], |r| r.get::<_, String>(0))? {
-        let e: Tracked = serde_json::from_str(&body?)?;
-        events.push(PersonEvent {
-            name: e.event,
-            at: e.timestamp,
-            properties: e.properties,
-        });
+    let rows = stmt.query_map(params![ws.0, k, after], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    for row in rows {
+        let (seq, body) = row?;
+        let e: Tracked = serde_json::from_str(&body)?;
+        events.push((
+            seq,
+            PersonEvent {
+                name: e.event,
+                at: e.timestamp,
+                properties: e.properties,
+            },
+        ));
     }
-    let mut traits = state.trait_values();
-    let computed = computed_traits_of(c, proj, ws, k)?;
-    if !computed.is_empty() {
-        traits.insert("computed".to_owned(), Value::Object(computed));
-    }
-    Ok(PersonData {
-        traits,
-        identities,
-        events,
-    })
+    Ok(events)
 }
 
 /// A profile's computed trait values, by name.

@@ -54,9 +54,10 @@ async fn timeline_kinds(app: &TestApp, user: &str) -> Vec<String> {
         .collect()
 }
 
-async fn track(app: &TestApp, user: &str, event: &str, id: &str) {
+async fn track(app: &TestApp, user: &str, event: &str, sku: &str, id: &str) {
     let now = seam_core::clock::format_rfc3339(seam_core::Clock::now_ms(&app.clock));
-    let body = json!({"userId": user, "event": event, "messageId": id, "timestamp": now});
+    let body = json!({"userId": user, "event": event, "properties": {"sku": sku}, "messageId": id,
+        "timestamp": now});
     assert_eq!(app.send("/v1/track", body).await.0, 200);
 }
 
@@ -70,12 +71,12 @@ async fn an_event_moves_a_person_in_and_out_the_moment_it_arrives() {
     )
     .await;
     for i in 0..2 {
-        track(&app, "anna", "Call Started", &format!("c{i}")).await;
+        track(&app, "anna", "Call Started", "k", &format!("c{i}")).await;
     }
     assert!(segments_of(&app, "anna").await.is_empty());
-    track(&app, "anna", "Call Started", "c2").await;
+    track(&app, "anna", "Call Started", "k", "c2").await;
     assert_eq!(segments_of(&app, "anna").await, std::slice::from_ref(&seg));
-    track(&app, "anna", "Order Completed", "o1").await;
+    track(&app, "anna", "Order Completed", "k", "o1").await;
     assert!(segments_of(&app, "anna").await.is_empty());
     let kinds = timeline_kinds(&app, "anna").await;
     let membership: Vec<&str> = kinds
@@ -105,8 +106,8 @@ async fn time_passing_moves_a_person_in_and_out() {
         r#"count of "Call Started" in last 7 days >= 1"#,
     )
     .await;
-    track(&app, "vera", "Product Added", "a1").await;
-    track(&app, "vera", "Call Started", "c1").await;
+    track(&app, "vera", "Product Added", "k", "a1").await;
+    track(&app, "vera", "Call Started", "k", "c1").await;
     assert_eq!(
         segments_of(&app, "vera").await,
         std::slice::from_ref(&recent)
@@ -140,7 +141,7 @@ async fn a_new_segment_is_backfilled_over_the_history() {
     let app = spawn_app().await;
     for (i, user) in ["a", "b", "c"].iter().enumerate() {
         for j in 0..=i {
-            track(&app, user, "Product Viewed", &format!("{user}{j}")).await;
+            track(&app, user, "Product Viewed", "k", &format!("{user}{j}")).await;
         }
     }
     let seg = create(&app, "Viewed twice", r#"count of "Product Viewed" >= 2"#).await;
@@ -175,10 +176,10 @@ async fn memberships_come_back_identical_from_a_rebuild() {
         r#"count of "Call Started" in last 1 days >= 1"#,
     )
     .await;
-    track(&app, "r", "Call Started", "c1").await;
+    track(&app, "r", "Call Started", "k", "c1").await;
     app.clock.advance(Duration::from_secs(2 * 86_400));
     assert!(segments_of(&app, "r").await.is_empty());
-    track(&app, "r", "Call Started", "c2").await;
+    track(&app, "r", "Call Started", "k", "c2").await;
     assert_eq!(segments_of(&app, "r").await.len(), 1);
     app.store.caught_up().await;
     app.store.shutdown();
@@ -210,6 +211,8 @@ async fn kept_membership_equals_a_fresh_evaluation_at_every_step_as_events_arriv
         r#"last time of "B" < 1 hours ago and count of "A" >= 1"#,
         r#"in segment "S0" or count of "B" between 3 hours ago and 1 hours ago = 1"#,
     ];
+    // Defined halfway: every person's digest is made again for the new set of definitions.
+    let later = r#"for some sku: (count of "A" where sku = item in last 1 days >= 2)"#;
     for seed in 1..=3u64 {
         let app = spawn_app().await;
         let mut ids = Vec::new();
@@ -218,17 +221,42 @@ async fn kept_membership_equals_a_fresh_evaluation_at_every_step_as_events_arriv
         }
         let mut rng = Lcg(seed);
         let users = ["u0", "u1", "u2"];
+        let mut devices = [0u64; 3];
         let (mut ins, mut outs) = (0, 0);
-        for step in 0..40 {
-            match rng.below(3) {
-                0 => app
-                    .clock
-                    .advance(Duration::from_secs(60 * (1 + rng.below(90)))),
-                _ => {
-                    let user = users[rng.below(3) as usize];
-                    let event = if rng.below(2) == 0 { "A" } else { "B" };
-                    track(&app, user, event, &format!("s{seed}-{step}")).await;
+        for step in 0..48 {
+            if step == 24 {
+                ids.push(create(&app, "S4", later).await);
+            }
+            let u = rng.below(3) as usize;
+            let event = if rng.below(2) == 0 { "A" } else { "B" };
+            let sku = format!("k{}", rng.below(3));
+            let message_id = format!("s{seed}-{step}");
+            match rng.below(6) {
+                0 => {
+                    // Now and then a day or two: old events leave the digests.
+                    let minutes = if rng.below(4) == 0 {
+                        1_440 * (1 + rng.below(2))
+                    } else {
+                        1 + rng.below(90)
+                    };
+                    app.clock.advance(Duration::from_secs(60 * minutes));
                 }
+                1 => {
+                    // A visitor browsing on a new device, not yet known as the user.
+                    devices[u] += 1;
+                    let now =
+                        seam_core::clock::format_rfc3339(seam_core::Clock::now_ms(&app.clock));
+                    let body = json!({"anonymousId": format!("d{seed}-{u}-{}", devices[u]), "event": event,
+                        "properties": {"sku": sku}, "messageId": message_id, "timestamp": now});
+                    assert_eq!(app.send("/v1/track", body).await.0, 200);
+                }
+                2 if devices[u] > 0 => {
+                    // The visitor logs in: their device's history merges into the user's.
+                    let body = json!({"userId": users[u], "anonymousId": format!("d{seed}-{u}-{}", devices[u]),
+                        "messageId": message_id});
+                    assert_eq!(app.send("/v1/identify", body).await.0, 200);
+                }
+                _ => track(&app, users[u], event, &sku, &message_id).await,
             }
             for user in users {
                 let (s, _) = app
