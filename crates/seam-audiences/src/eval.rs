@@ -44,17 +44,12 @@ pub struct Explanation {
 
 /// Whether `person` belongs to the segment `e` at `now`.
 pub fn evaluate(e: &Expr, person: &Person<'_>, now: Millis) -> bool {
-    explain(e, person, now).result
+    Evaluator::new(person, now, false).explain(e).result
 }
 
 /// Evaluates `e` and says why, condition by condition.
 pub fn explain(e: &Expr, person: &Person<'_>, now: Millis) -> Explanation {
-    Evaluator {
-        person,
-        now,
-        item: None,
-    }
-    .explain(e)
+    Evaluator::new(person, now, true).explain(e)
 }
 
 struct Evaluator<'p, 'a> {
@@ -62,46 +57,75 @@ struct Evaluator<'p, 'a> {
     now: Millis,
     /// The value bound by the innermost `for some`.
     item: Option<Value>,
+    /// Whether to say why (conditions and details as text, every part evaluated); without it only `result`
+    /// is meaningful, and `and`/`or` stop at the first part that decides.
+    explaining: bool,
 }
 
-impl Evaluator<'_, '_> {
-    fn explain(&mut self, e: &Expr) -> Explanation {
-        let leaf = |result: bool, detail: String| Explanation {
-            condition: print(e),
+impl<'p, 'a> Evaluator<'p, 'a> {
+    fn new(person: &'p Person<'a>, now: Millis, explaining: bool) -> Self {
+        Self {
+            person,
+            now,
+            item: None,
+            explaining,
+        }
+    }
+
+    /// A result with its condition and the detail that decided it (the text only when explaining).
+    fn node(
+        &self,
+        e: &Expr,
+        result: bool,
+        detail: impl FnOnce() -> String,
+        parts: Vec<Explanation>,
+    ) -> Explanation {
+        let (condition, detail) = if self.explaining {
+            (print(e), detail())
+        } else {
+            (String::new(), String::new())
+        };
+        Explanation {
+            condition,
             result,
             detail,
-            parts: Vec::new(),
-        };
+            parts,
+        }
+    }
+
+    fn explain(&mut self, e: &Expr) -> Explanation {
+        let none = String::new;
         match e {
             Expr::And { args } | Expr::Or { args } => {
                 let is_and = matches!(e, Expr::And { .. });
+                if !self.explaining {
+                    let result = if is_and {
+                        args.iter().all(|a| self.explain(a).result)
+                    } else {
+                        args.iter().any(|a| self.explain(a).result)
+                    };
+                    return self.node(e, result, none, Vec::new());
+                }
                 let parts: Vec<Explanation> = args.iter().map(|a| self.explain(a)).collect();
                 let result = if is_and {
                     parts.iter().all(|p| p.result)
                 } else {
                     parts.iter().any(|p| p.result)
                 };
-                Explanation {
-                    condition: print(e),
-                    result,
-                    detail: String::new(),
-                    parts,
-                }
+                self.node(e, result, none, parts)
             }
             Expr::Not { arg } => {
                 let inner = self.explain(arg);
-                Explanation {
-                    condition: print(e),
-                    result: !inner.result,
-                    detail: String::new(),
-                    parts: vec![inner],
-                }
+                self.node(e, !inner.result, none, vec![inner])
             }
             Expr::Trait { path, test } => {
                 let v = lookup(self.person.traits, path);
-                leaf(
-                    self.test(test, v),
-                    format!("{} is {}", path.join("."), shown(v)),
+                let result = self.test(test, v);
+                self.node(
+                    e,
+                    result,
+                    || format!("{} is {}", path.join("."), shown(v)),
+                    Vec::new(),
                 )
             }
             Expr::Has { identifier } => {
@@ -111,7 +135,12 @@ impl Evaluator<'_, '_> {
                     .iter()
                     .filter(|(t, _)| t == identifier)
                     .count();
-                leaf(n > 0, format!("{n} {identifier} identifier(s)"))
+                self.node(
+                    e,
+                    n > 0,
+                    || format!("{n} {identifier} identifier(s)"),
+                    Vec::new(),
+                )
             }
             Expr::Consent { channel, topic } => {
                 // Consents are traits: `consent.email = true` for the channel, `consent.email.marketing = true`
@@ -119,41 +148,41 @@ impl Evaluator<'_, '_> {
                 let mut path = vec!["consent".to_owned(), channel.clone()];
                 path.extend(topic.iter().cloned());
                 let v = lookup(self.person.traits, &path);
-                leaf(
+                self.node(
+                    e,
                     v == Some(&Value::Bool(true)),
-                    format!("{} is {}", path.join("."), shown(v)),
+                    || format!("{} is {}", path.join("."), shown(v)),
+                    Vec::new(),
                 )
             }
             Expr::InSegment { segment } => {
                 let r = (self.person.in_segment)(segment);
-                leaf(
+                self.node(
+                    e,
                     r,
-                    format!(
-                        "{} a member of {segment:?}",
-                        if r { "is" } else { "is not" }
-                    ),
+                    || {
+                        format!(
+                            "{} a member of {segment:?}",
+                            if r { "is" } else { "is not" }
+                        )
+                    },
+                    Vec::new(),
                 )
             }
             Expr::Compare { left, cmp, right } => {
                 let l = self.metric(left);
-                let (r, r_shown) = match right {
-                    Operand::Value { value } => (
-                        match value {
-                            Literal::Number(n) => Measure::Number(Some(*n)),
-                            Literal::String(t) => Measure::Value(Some(Value::String(t.clone()))),
-                            Literal::Bool(b) => Measure::Value(Some(Value::Bool(*b))),
-                        },
-                        literal_shown(value),
-                    ),
-                    Operand::Metric { metric } => {
-                        let m = self.metric(metric);
-                        let s = m.shown();
-                        (m, s)
-                    }
-                    Operand::Ago { duration } => {
-                        let t = self.now - duration.millis();
-                        (Measure::Time(Some(t)), rfc3339(t))
-                    }
+                let r = match right {
+                    Operand::Value { value } => match value {
+                        Literal::Number(n) => Measure::Number(Some(*n)),
+                        Literal::String(t) => Measure::Value(Some(Value::String(t.clone()))),
+                        Literal::Bool(b) => Measure::Value(Some(Value::Bool(*b))),
+                    },
+                    Operand::Metric { metric } => self.metric(metric),
+                    Operand::Ago { duration } => Measure::Time(Some(self.now - duration.millis())),
+                };
+                let r_shown = || match right {
+                    Operand::Value { value } => literal_shown(value),
+                    Operand::Metric { .. } | Operand::Ago { .. } => r.shown(),
                 };
                 let result = match (l.as_value(), r.as_value()) {
                     (Some(a), Some(b)) => match (a.as_f64(), b.as_f64()) {
@@ -166,9 +195,11 @@ impl Evaluator<'_, '_> {
                     },
                     _ => false,
                 };
-                leaf(
+                self.node(
+                    e,
                     result,
-                    format!("{} {} {}", l.shown(), cmp.as_str(), r_shown),
+                    || format!("{} {} {}", l.shown(), cmp.as_str(), r_shown()),
+                    Vec::new(),
                 )
             }
             Expr::Sequence {
@@ -186,7 +217,7 @@ impl Evaluator<'_, '_> {
                     // The most recent first event whose time to be followed has run out, not followed.
                     let last = firsts.iter().copied().filter(|&a| a + w <= self.now).max();
                     let result = last.is_some_and(|a| !followed(a));
-                    let detail = match last {
+                    let detail = || match last {
                         None => format!(
                             "no {:?} whose {} have passed",
                             first.event,
@@ -199,17 +230,19 @@ impl Evaluator<'_, '_> {
                             if result { "not followed" } else { "followed" }
                         ),
                     };
-                    leaf(result, detail)
+                    self.node(e, result, detail, Vec::new())
                 } else {
                     let hit = firsts.iter().copied().find(|&a| followed(a));
-                    leaf(
+                    self.node(
+                        e,
                         hit.is_some(),
-                        match hit {
+                        || match hit {
                             Some(a) => format!("{:?} at {} was followed", first.event, rfc3339(a)),
                             None => {
                                 format!("{} {:?}, none followed in time", firsts.len(), first.event)
                             }
                         },
+                        Vec::new(),
                     )
                 }
             }
@@ -235,19 +268,23 @@ impl Evaluator<'_, '_> {
                 }
                 self.item = saved;
                 match found {
-                    Some((v, inner)) => Explanation {
-                        condition: print(e),
-                        result: true,
-                        detail: format!("{} = {}", property.join("."), v),
-                        parts: vec![inner],
-                    },
-                    None => leaf(
+                    Some((v, inner)) => self.node(
+                        e,
+                        true,
+                        || format!("{} = {}", property.join("."), v),
+                        vec![inner],
+                    ),
+                    None => self.node(
+                        e,
                         false,
-                        format!(
-                            "no value of {} among {} satisfies it",
-                            property.join("."),
-                            values.len()
-                        ),
+                        || {
+                            format!(
+                                "no value of {} among {} satisfies it",
+                                property.join("."),
+                                values.len()
+                            )
+                        },
+                        Vec::new(),
                     ),
                 }
             }
@@ -635,9 +672,10 @@ impl Library {
         events: &[PersonEvent],
         now: Millis,
     ) -> Explanation {
-        self.explain_at(e, traits, identities, events, now, 0)
+        self.explain_at(e, traits, identities, events, now, 0, true)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn explain_at(
         &self,
         e: &Expr,
@@ -646,24 +684,22 @@ impl Library {
         events: &[PersonEvent],
         now: Millis,
         depth: usize,
+        explaining: bool,
     ) -> Explanation {
         let in_segment = |name: &str| {
             depth < MAX_REFERENCE_DEPTH
                 && self.defs.get(name).is_some_and(|d| {
-                    self.explain_at(d, traits, identities, events, now, depth + 1)
+                    self.explain_at(d, traits, identities, events, now, depth + 1, false)
                         .result
                 })
         };
-        explain(
-            e,
-            &Person {
-                traits,
-                identities,
-                events,
-                in_segment: &in_segment,
-            },
-            now,
-        )
+        let person = Person {
+            traits,
+            identities,
+            events,
+            in_segment: &in_segment,
+        };
+        Evaluator::new(&person, now, explaining).explain(e)
     }
 
     /// Whether the person is in `e`, and when time alone may change that.
@@ -675,7 +711,9 @@ impl Library {
         events: &[PersonEvent],
         now: Millis,
     ) -> (bool, Option<Millis>) {
-        let member = self.explain(e, traits, identities, events, now).result;
+        let member = self
+            .explain_at(e, traits, identities, events, now, 0, false)
+            .result;
         let person = Person {
             traits,
             identities,
@@ -689,13 +727,7 @@ impl Library {
 /// The value of a measure for a person at `now` (a computed trait), and when time alone may change it.
 /// Times are milliseconds since the epoch; `None` when there is nothing to measure.
 pub fn measure(m: &Metric, person: &Person<'_>, now: Millis) -> (Option<Value>, Option<Millis>) {
-    let value = Evaluator {
-        person,
-        now,
-        item: None,
-    }
-    .metric(m)
-    .as_value();
+    let value = Evaluator::new(person, now, false).metric(m).as_value();
     let probe = Expr::Compare {
         left: m.clone(),
         cmp: Cmp::Eq,

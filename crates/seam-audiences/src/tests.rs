@@ -771,7 +771,7 @@ mod digests {
     use serde_json::{json, Map};
 
     use crate::digest::{Digest, Needs};
-    use crate::eval::{evaluate, measure, next_change, Person, PersonEvent};
+    use crate::eval::{evaluate, explain, measure, next_change, Person, PersonEvent};
     use crate::{parse, parse_metric};
 
     const MIN: i64 = 60_000;
@@ -940,7 +940,10 @@ mod digests {
                     let whole = Person { traits: &traits, identities: &[], events: &full, in_segment: &|_| false };
                     let part = Person { traits: &traits, identities: &[], events: &kept, in_segment: &|_| false };
                     for (e, text) in exprs.iter().zip(&defs) {
-                        prop_assert_eq!(evaluate(e, &part, now), evaluate(e, &whole, now), "{} at {}", text, now);
+                        let member = evaluate(e, &whole, now);
+                        // Evaluating without explaining (and stopping `and`/`or` early) agrees with explaining.
+                        prop_assert_eq!(member, explain(e, &whole, now).result, "{} at {}", text, now);
+                        prop_assert_eq!(evaluate(e, &part, now), member, "{} at {}", text, now);
                         prop_assert_eq!(next_change(e, &part, now), next_change(e, &whole, now), "{} at {}", text, now);
                     }
                     for (m, text) in metrics.iter().zip(&measures) {
