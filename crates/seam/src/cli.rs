@@ -136,6 +136,10 @@ pub struct IngestBench {
     /// Define Seam's example segments before sending, so that membership is kept current during ingest.
     #[arg(long, conflicts_with = "url")]
     pub segments: bool,
+    /// After everything is applied, define one more segment and time its backfill: every person evaluated
+    /// against it over their whole history.
+    #[arg(long, conflicts_with = "url")]
+    pub backfill: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

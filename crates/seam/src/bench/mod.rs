@@ -37,6 +37,52 @@ pub struct IngestReport {
     pub server_peak_rss_mib: f64,
     pub server_rss_mib: f64,
     pub data_folder_mib: f64,
+    /// Seconds from defining a new segment (after everything was applied) until every person was evaluated.
+    pub backfill_secs: Option<f64>,
+}
+
+/// The segment `--backfill` defines: it reads product views (with a property filter) over 30 days.
+const BACKFILL_SEGMENT: &str =
+    r#"count of "Product Viewed" where category = "coffee" in last 30 days >= 2"#;
+
+/// Waits until the server has applied its whole log and evaluated every queued person.
+async fn wait_applied(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let health = format!("{base}/healthz");
+    loop {
+        let h: serde_json::Value = client.get(&health).send().await?.json().await?;
+        let (log, applied) = (
+            h["log_seq"].as_i64().unwrap_or(0),
+            h["applied_seq"].as_i64().unwrap_or(-1),
+        );
+        let pending = h["pending_evaluations"].as_i64().unwrap_or(0);
+        if applied >= log && pending == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Defines a segment through the API.
+async fn define_segment(
+    client: &reqwest::Client,
+    server: &ServerProcess,
+    name: &str,
+    definition: &str,
+) -> anyhow::Result<()> {
+    let secret = server
+        .secret_key
+        .as_deref()
+        .context("the secret key of the server under test")?;
+    let resp = client
+        .post(format!("{}/v1/segments", server.base))
+        .bearer_auth(secret)
+        .json(&serde_json::json!({ "name": name, "definition": definition }))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("defining the segment {name:?} answered {}", resp.status());
+    }
+    Ok(())
 }
 
 /// A `seam serve` child process on a fresh port.
@@ -215,21 +261,9 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
         _ => ServerProcess::start(&data).await?,
     };
     if args.segments {
-        let secret = server
-            .secret_key
-            .as_deref()
-            .context("the secret key of the server under test")?;
         let client = reqwest::Client::new();
         for (name, definition) in seam_audiences::EXAMPLES {
-            let resp = client
-                .post(format!("{}/v1/segments", server.base))
-                .bearer_auth(secret)
-                .json(&serde_json::json!({ "name": name, "definition": definition }))
-                .send()
-                .await?;
-            if !resp.status().is_success() {
-                bail!("defining the segment {name:?} answered {}", resp.status());
-            }
+            define_segment(&client, &server, name, definition).await?;
         }
         eprintln!("{} segments defined", seam_audiences::EXAMPLES.len());
     }
@@ -312,23 +346,19 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
         acked.as_secs_f64(),
         args.events as f64 / acked.as_secs_f64()
     );
-    // Wait until the server has applied everything to profiles.
     let client = reqwest::Client::new();
-    let health = format!("{}/healthz", server.base);
-    let target = loop {
-        let h: serde_json::Value = client.get(&health).send().await?.json().await?;
-        let (log, applied) = (
-            h["log_seq"].as_i64().unwrap_or(0),
-            h["applied_seq"].as_i64().unwrap_or(-1),
-        );
-        let pending = h["pending_evaluations"].as_i64().unwrap_or(0);
-        if applied >= log && pending == 0 {
-            break log;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    wait_applied(&client, &server.base).await?;
     let applied = clock.elapsed();
     let (peak, rss) = server.memory_mib();
+    let backfill_secs = if args.backfill {
+        eprintln!("defining one more segment and waiting for its backfill…");
+        let t = Stopwatch::start();
+        define_segment(&client, &server, "Backfilled", BACKFILL_SEGMENT).await?;
+        wait_applied(&client, &server.base).await?;
+        Some(t.elapsed().as_secs_f64())
+    } else {
+        None
+    };
     latencies.sort_unstable();
     let report = IngestReport {
         events: args.events,
@@ -348,8 +378,8 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
         server_peak_rss_mib: peak,
         server_rss_mib: rss,
         data_folder_mib: dir_size(&data) as f64 / 1_048_576.0,
+        backfill_secs,
     };
-    let _ = target;
     drop(server);
     print_report(&report, args.json)
 }
@@ -385,5 +415,12 @@ fn print_report(r: &IngestReport, json: bool) -> anyhow::Result<()> {
         r.server_peak_rss_mib, r.server_rss_mib
     );
     println!("data folder        {:.0} MiB", r.data_folder_mib);
+    if let Some(b) = r.backfill_secs {
+        println!(
+            "backfill           {b:.2} s for one new segment over the history of {} people ({:.0} people/s)",
+            r.people,
+            r.people as f64 / b
+        );
+    }
     Ok(())
 }
