@@ -726,6 +726,15 @@ pub(crate) struct OutcomeBody {
     outcome: seam_journeys::Outcome,
 }
 
+/// A JSON body that could not be read, answered with the field the endpoint needs and what it must be.
+fn unreadable(e: axum::extract::rejection::JsonRejection, field: &str, reason: &str) -> ApiError {
+    ApiError::new(400, "invalid_body", e.body_text()).with_errors(vec![ErrorItem {
+        index: None,
+        field: field.into(),
+        reason: reason.into(),
+    }])
+}
+
 /// `POST /v1/messages/{key}/outcome`: the built-in outbox channels are told what became of a message
 /// (`delivered`, `read`, `clicked`, `failed`, `bounced`); it comes back as the person's event.
 pub(crate) async fn report_outcome(
@@ -736,11 +745,11 @@ pub(crate) async fn report_outcome(
 ) -> Result<StatusCode, ApiError> {
     let ws = auth::for_management(&state, &headers)?;
     let Json(body) = body.map_err(|e| {
-        ApiError::new(400, "invalid_body", e.body_text()).with_errors(vec![ErrorItem {
-            index: None,
-            field: "outcome".into(),
-            reason: "one of delivered, read, clicked, failed, bounced".into(),
-        }])
+        unreadable(
+            e,
+            "outcome",
+            "one of delivered, read, clicked, failed, bounced",
+        )
     })?;
     let found = state
         .store
@@ -843,11 +852,11 @@ pub(crate) async fn put_suppression(
 ) -> Result<StatusCode, ApiError> {
     let ws = auth::for_management(&state, &headers)?;
     let Json(body) = body.map_err(|e| {
-        ApiError::new(400, "invalid_body", e.body_text()).with_errors(vec![ErrorItem {
-            index: None,
-            field: "reason".into(),
-            reason: "a reason is required (complaint, unsubscribed, erased, …)".into(),
-        }])
+        unreadable(
+            e,
+            "reason",
+            "a reason is required (complaint, unsubscribed, erased, …)",
+        )
     })?;
     if body.reason.trim().is_empty() || body.reason.len() > 200 {
         return Err(ApiError::new(
