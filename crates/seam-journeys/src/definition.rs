@@ -446,6 +446,18 @@ impl NodeKind {
 }
 
 impl Journey {
+    /// Whether deciding a step can read the person's event history: a condition over events, or an offer held
+    /// back when the item was bought recently. A journey that cannot is decided without loading it.
+    pub fn reads_history(&self) -> bool {
+        self.nodes.iter().any(|n| match &n.kind {
+            NodeKind::Condition { test, .. } => {
+                !seam_audiences::digest::Needs::of([test], []).is_empty()
+            }
+            NodeKind::Send { offer, .. } | NodeKind::Cascade { offer, .. } => offer.is_some(),
+            _ => false,
+        })
+    }
+
     /// Whether `ev` reaches the journey's goal for a run entered at `entered_at`.
     pub fn goal_reached(&self, ev: &PersonEvent, entered_at: Millis) -> bool {
         self.goal.as_ref().is_some_and(|g| {
@@ -1038,4 +1050,53 @@ pub fn segments_in(e: &Expr) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Anything;
+
+    impl Catalog for Anything {
+        fn has_segment(&self, _: &str) -> bool {
+            true
+        }
+        fn template_for(&self, _: &str, _: Channel) -> Result<(), String> {
+            Ok(())
+        }
+        fn channel_enabled(&self, _: Channel) -> bool {
+            true
+        }
+    }
+
+    fn journey(nodes: &str) -> Journey {
+        let text = format!("id: j\ntrigger: {{event: Signed Up}}\nstart: first\nnodes:\n{nodes}");
+        let spec = from_yaml(&text).expect("the journey parses");
+        validate(&spec, 1, &Anything).expect("the journey checks")
+    }
+
+    #[test]
+    fn only_conditions_over_events_and_offers_read_the_history() {
+        let send = "    type: send\n    channel: email\n    template: t\n";
+        let cases = [
+            (format!("  first:\n{send}"), false),
+            (format!("  first:\n{send}    offer: product_id\n"), true),
+            (
+                format!("  first:\n    type: condition\n    if: 'trait plan = \"gold\"'\n    then: mail\n  mail:\n{send}"),
+                false,
+            ),
+            (
+                format!("  first:\n    type: condition\n    if: 'in segment \"VIP\"'\n    then: mail\n  mail:\n{send}"),
+                false,
+            ),
+            (
+                format!("  first:\n    type: condition\n    if: 'count of \"Order Completed\" in last 30 days >= 1'\n    then: mail\n  mail:\n{send}"),
+                true,
+            ),
+        ];
+        for (nodes, reads) in cases {
+            assert_eq!(journey(&nodes).reads_history(), reads, "{nodes}");
+        }
+    }
 }

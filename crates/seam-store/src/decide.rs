@@ -20,11 +20,16 @@ use crate::process::Emitted;
 use crate::segments::{person_profile, track_events};
 use crate::{StoreError, WorkspaceKey};
 
+/// How far a pass counts the work still queued: enough to report a backlog, bounded so that a pass costs
+/// the same however long the queue (a backfill queues every profile).
+pub(crate) const COUNTED_UP_TO: i64 = 100_000;
+
 /// What one decision pass did.
 #[derive(Default)]
 pub(crate) struct Decided {
     pub emitted: Vec<Emitted>,
-    /// Profiles still queued after this pass.
+    /// Work still queued after this pass (profiles, events, due timers), each kind counted up to
+    /// [`COUNTED_UP_TO`].
     pub remaining: i64,
 }
 
@@ -264,8 +269,11 @@ pub(crate) fn decide(
         "UPDATE meta SET value = ?1 WHERE key = 'decisions'",
         [decisions],
     )?;
-    let remaining: i64 =
-        tx.query_row("SELECT COUNT(*) FROM pending_evaluations", [], |r| r.get(0))?;
+    let remaining: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM pending_evaluations LIMIT ?1)",
+        [COUNTED_UP_TO],
+        |r| r.get(0),
+    )?;
     tx.commit()?;
     Ok(Decided { emitted, remaining })
 }

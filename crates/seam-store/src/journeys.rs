@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 
 use crate::decide::Decided;
 use crate::process::Emitted;
-use crate::segments::{person_data, PersonData};
+use crate::segments::{person_profile, track_events, PersonData};
 use crate::{StoreError, WorkspaceKey};
 
 /// How far back sent messages count for frequency caps.
@@ -127,7 +127,10 @@ fn load_defs(conn: &Connection, ws: i64) -> Result<Defs, StoreError> {
 /// One person as the journeys see them.
 struct Who {
     profile: i64,
+    /// Traits and identities; the events only once a journey that reads them needs them
+    /// (`history_loaded`).
     data: PersonData,
+    history_loaded: bool,
     /// Names of the segments the person is in.
     segments: BTreeSet<String>,
     zone: TimeZone,
@@ -247,7 +250,7 @@ pub(crate) fn decide(
     )?;
     if !events_queued {
         let due: Vec<(i64, String, i64)> = tx
-            .prepare_cached("SELECT ws, run, profile FROM journey_runs WHERE wake_at <= ?1 ORDER BY wake_at, run LIMIT ?2")?
+            .prepare_cached("SELECT ws, run, profile FROM journey_runs WHERE wake_at <= ?1 ORDER BY wake_at, ws, run LIMIT ?2")?
             .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
         for (ws, run, profile) in due {
@@ -288,12 +291,14 @@ pub(crate) fn decide(
         "UPDATE meta SET value = ?1 WHERE key = 'decisions'",
         [decisions],
     )?;
+    // Counted up to a bound: a pass must not cost more as the backlog grows (a campaign's millions of due
+    // timers would otherwise be counted again after every 2,000 of them).
     let remaining: i64 = tx.query_row(
-        "SELECT (SELECT COUNT(*) FROM pending_journey_events)
-              + (SELECT COUNT(*) FROM journey_runs WHERE wake_at <= ?1)
-              + (SELECT COUNT(*) FROM pending_date_plans)
-              + (SELECT COUNT(*) FROM journey_dates WHERE next_at <= ?1)",
-        [now],
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM pending_journey_events LIMIT ?2))
+              + (SELECT COUNT(*) FROM (SELECT 1 FROM journey_runs WHERE wake_at <= ?1 LIMIT ?2))
+              + (SELECT COUNT(*) FROM (SELECT 1 FROM pending_date_plans LIMIT ?2))
+              + (SELECT COUNT(*) FROM (SELECT 1 FROM journey_dates WHERE next_at <= ?1 LIMIT ?2))",
+        params![now, crate::decide::COUNTED_UP_TO],
         |r| r.get(0),
     )?;
     tx.commit()?;
@@ -346,7 +351,7 @@ impl<'t> Decider<'t> {
             .query_row(params![ws, profile], |r| r.get(0))
             .optional()?;
         let Some(profile) = live else { return Ok(None) };
-        let data = person_data(self.tx, "main", "log", WorkspaceKey(ws), profile)?;
+        let data = person_profile(self.tx, "main", WorkspaceKey(ws), profile)?;
         let segments = self
             .tx
             .prepare_cached(
@@ -375,16 +380,31 @@ impl<'t> Decider<'t> {
         Ok(Some(Who {
             profile,
             data,
+            history_loaded: false,
             segments,
             zone,
             runs,
         }))
     }
 
-    fn env<'w>(&mut self, ws: i64, who: &'w Who, j: &Journey) -> Result<StoreEnv<'w>, StoreError>
+    fn env<'w>(
+        &mut self,
+        ws: i64,
+        who: &'w mut Who,
+        j: &Journey,
+    ) -> Result<StoreEnv<'w>, StoreError>
     where
         't: 'w,
     {
+        if j.reads_history() && !who.history_loaded {
+            who.data.events =
+                track_events(self.tx, "main", "log", WorkspaceKey(ws), who.profile, 0)?
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .collect();
+            who.history_loaded = true;
+        }
+        let who: &'w Who = who;
         let delivery: &'t Delivery = self.delivery;
         let mut sent = vec![];
         let mut stmt = self.tx.prepare_cached(
@@ -469,7 +489,7 @@ impl<'t> Decider<'t> {
         let deleted = !self.defs(ws)?.current.iter().any(|(j, _)| j.id == journey);
         let fx = match self.version(ws, &journey, version)?.filter(|_| !deleted) {
             Some(j) => {
-                let mut env = self.env(ws, &who, &j)?;
+                let mut env = self.env(ws, &mut who, &j)?;
                 run::on_timer(&j, &mut run, &mut env)
             }
             // The journey was deleted: the run ends.
@@ -673,7 +693,7 @@ impl<'t> Decider<'t> {
             }
             let mut run = r.clone();
             let fx = {
-                let mut env = self.env(ws, &who, &j)?;
+                let mut env = self.env(ws, &mut who, &j)?;
                 run::on_event(&j, &mut run, &pe, &mut env)
             };
             if !fx.is_empty() || run != who.runs[i] {
@@ -737,15 +757,10 @@ impl<'t> Decider<'t> {
                 self.record(ws, who, i, fx)?;
             }
         }
+        let profile_id = ProfileId::from_seq(who.profile).to_string();
         let (run, fx) = {
             let mut env = self.env(ws, who, j)?;
-            run::start(
-                j,
-                run_id,
-                ProfileId::from_seq(who.profile).to_string(),
-                trigger,
-                &mut env,
-            )
+            run::start(j, run_id, profile_id, trigger, &mut env)
         };
         who.runs.push(run);
         let i = who.runs.len() - 1;

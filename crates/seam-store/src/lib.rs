@@ -92,7 +92,8 @@ pub struct Stats {
     pub applied_received_at: AtomicI64,
     /// Seam's own events decided by the projector and not yet seen back in the log.
     pub pending_system: AtomicI64,
-    /// Profiles waiting for their segments to be evaluated (a backfill shows here).
+    /// Decision work still queued: profiles waiting for their segments to be evaluated (a backfill shows
+    /// here), events for journeys, due timers; each kind counted up to 100,000.
     pub pending_evaluations: AtomicI64,
     /// The last poke generation a projector pass answered.
     pub passes: AtomicU64,

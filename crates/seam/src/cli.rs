@@ -77,10 +77,10 @@ pub enum BenchCommand {
 #[derive(Debug, Args, Clone)]
 pub struct SegmentsBench {
     /// People per second who order (each order puts them in a segment).
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, value_parser = at_least_one)]
     pub rate: usize,
     /// How long the load is offered, in seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub secs: usize,
     /// Print the report as JSON.
     #[arg(long)]
@@ -90,14 +90,14 @@ pub struct SegmentsBench {
 #[derive(Debug, Args, Clone)]
 pub struct JourneysBench {
     /// People, each with one run waiting on a timer.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
     pub people: usize,
     /// For the latency phase: people per second who order (each order is sent a confirmation at once), on the
     /// real clock, for `latency_secs`.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, value_parser = at_least_one)]
     pub latency_rate: usize,
     /// How long the latency phase offers its load, in seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub latency_secs: usize,
     /// Print the report as JSON.
     #[arg(long)]
@@ -107,19 +107,19 @@ pub struct JourneysBench {
 #[derive(Debug, Args, Clone)]
 pub struct IngestBench {
     /// Events to send.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = at_least_one)]
     pub events: usize,
     /// Events per HTTP batch.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     pub batch: usize,
     /// Requests in flight at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub concurrency: usize,
     /// Send at this many events per second instead of as fast as possible (for latency at a given load).
-    #[arg(long)]
-    pub rate: Option<u64>,
+    #[arg(long, value_parser = at_least_one)]
+    pub rate: Option<usize>,
     /// People in the generated shop.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
     pub people: usize,
     /// Seed of the traffic generator.
     #[arg(long, default_value_t = 1)]
@@ -143,4 +143,13 @@ pub struct IngestBench {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A count that must be at least 1 (people, events, a rate, seconds).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }

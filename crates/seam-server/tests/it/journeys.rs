@@ -691,6 +691,61 @@ async fn the_servers_delivery_rules_hold_back_messages_with_the_reason() {
     assert_eq!(st["nodes"]["m"]["held:frequency_cap"], 1, "{st}");
 }
 
+#[tokio::test]
+async fn conditions_over_the_history_and_offers_of_what_was_just_bought_read_the_persons_events() {
+    let app = spawn_app().await;
+    let template = json!({"variants": {"email": {"subject": "s", "body": "b"}}});
+    // Buyers of the last 30 days are told apart by their history; the offer is the viewed product.
+    let journey = r#"
+trigger: { event: Product Viewed }
+reentry: after_exit
+start: check
+nodes:
+  check: { type: condition, if: 'count of "Order Completed" in last 30 days >= 1', then: offer, else: welcome }
+  offer: { type: send, channel: email, template: t, offer: product_id }
+  welcome: { type: send, channel: email, template: t }
+"#;
+    app.install("t", template, "views", journey).await;
+    for user in ["h1", "h2", "h3"] {
+        let body = json!({"userId": user, "messageId": format!("id-{user}"),
+            "traits": {"email": format!("{user}@example.com"), "consent": {"email": true}}});
+        assert_eq!(app.send("/v1/identify", body).await.0, 200);
+    }
+    // h2 bought something else, h3 bought the very product they look at next.
+    let order = |p: &str| json!({"products": [{"product_id": p}]});
+    track_at_now(&app, "h2", "Order Completed", order("tea"), "o2").await;
+    track_at_now(&app, "h3", "Order Completed", order("mug"), "o3").await;
+    for user in ["h1", "h2", "h3"] {
+        let id = format!("v-{user}");
+        track_at_now(
+            &app,
+            user,
+            "Product Viewed",
+            json!({"product_id": "mug"}),
+            &id,
+        )
+        .await;
+    }
+    let node = |m: &(String, Value)| m.1["node"].as_str().unwrap().to_owned();
+    let nodes = |v: Vec<(String, Value)>| v.iter().map(node).collect::<Vec<_>>();
+    assert_eq!(
+        nodes(sent_to(&app, "h1").await),
+        ["welcome"],
+        "no orders: welcomed"
+    );
+    assert_eq!(
+        nodes(sent_to(&app, "h2").await),
+        ["offer"],
+        "a buyer: offered the mug"
+    );
+    assert!(
+        sent_to(&app, "h3").await.is_empty(),
+        "a buyer of the mug is not offered it again"
+    );
+    let (_, st) = app.get("/v1/journeys/views/stats").await;
+    assert_eq!(st["nodes"]["offer"]["held:already_bought"], 1, "{st}");
+}
+
 /// A webhook receiver on 127.0.0.1: answers 500 to the first `failures` requests, then 200; keeps each request.
 async fn receiver(
     failures: usize,

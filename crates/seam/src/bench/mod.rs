@@ -21,7 +21,7 @@ pub struct IngestReport {
     pub events: usize,
     pub batch: usize,
     pub concurrency: usize,
-    pub target_rate: Option<u64>,
+    pub target_rate: Option<usize>,
     pub people: usize,
     /// Seconds from the first request to the last acknowledgement.
     pub acked_secs: f64,

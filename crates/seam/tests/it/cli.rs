@@ -92,6 +92,20 @@ fn help_lists_every_command() {
 }
 
 #[test]
+fn a_benchmark_refuses_a_zero_count_with_the_option_named() {
+    for args in [
+        ["bench", "journeys", "--latency-rate", "0"],
+        ["bench", "segments", "--secs", "0"],
+        ["bench", "ingest", "--batch", "0"],
+    ] {
+        let out = seam().args(args).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(args[2]) && err.contains("at least 1"), "{err}");
+    }
+}
+
+#[test]
 fn simulate_prints_the_timeline_of_a_shipped_scenario_and_refuses_a_broken_one() {
     let scenarios = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
     let out = seam()
