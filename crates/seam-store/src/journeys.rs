@@ -192,6 +192,8 @@ struct Decider<'t> {
     defs: HashMap<i64, Defs>,
     emitted: Vec<Emitted>,
     decisions: i64,
+    /// Statistics counted by this pass, written once at its end.
+    counts: Counts,
 }
 
 /// Runs up to `limit` due timers and queued events at `now`.
@@ -227,6 +229,7 @@ pub(crate) fn decide(
         defs: HashMap::new(),
         emitted: vec![],
         decisions,
+        counts: Counts::new(),
     };
     // Events first: they happened before this pass, and so before any timer it finds due (a purchase
     // that arrived while a reminder came due ends the run before the reminder).
@@ -286,6 +289,7 @@ pub(crate) fn decide(
             d.plan_dates(ws, profile, None)?;
         }
     }
+    write_counts(&tx, &mut d.counts)?;
     let (emitted, decisions) = (std::mem::take(&mut d.emitted), d.decisions);
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'decisions'",
@@ -793,25 +797,46 @@ impl<'t> Decider<'t> {
                 other => effects.push(effect_json(other)),
             }
         }
+        let state = serde_json::to_value(run)?;
+        let step = Step {
+            profile: who.profile,
+            run,
+            state: &state,
+            messages: &messages,
+            effects: &effects,
+            at: self.now,
+        };
+        step.apply(self.tx, ws, &mut self.counts)?;
         let props = json!({
             "run": run.id, "journey": run.journey, "version": run.version,
             "profile_id": ProfileId::from_seq(who.profile),
-            "state": run, "effects": effects, "messages": messages,
+            "state": state, "effects": effects, "messages": messages,
         });
-        self.emit(ws, props, &format!("{}:{}", run.id, run.step))
+        self.append(ws, props, &format!("{}:{}", run.id, run.step))
     }
 
+    /// A decision that is not a run's step (a campaign's next time): applied as the log will apply it.
     fn emit(&mut self, ws: i64, props: Value, what: &str) -> Result<(), StoreError> {
-        self.decisions += 1;
-        // Unique across rebuilds too (a rebuilt projection starts counting again, later in time).
-        let message_id = format!("$seam:journey_step:{what}:{}:{}", self.now, self.decisions);
         let event = Event::system(
-            message_id,
+            String::new(),
             EventType::JourneyStep,
             self.now,
             props.as_object().cloned().unwrap_or_default(),
         );
-        apply_step(self.tx, ws, &event)?;
+        apply_step(self.tx, ws, &event, &mut self.counts)?;
+        self.append(ws, props, what)
+    }
+
+    /// Writes a decided `journey_step` to the outbox, to be appended to the log.
+    fn append(&mut self, ws: i64, props: Value, what: &str) -> Result<(), StoreError> {
+        self.decisions += 1;
+        // Unique across rebuilds too (a rebuilt projection starts counting again, later in time).
+        let message_id = format!("$seam:journey_step:{what}:{}:{}", self.now, self.decisions);
+        let props = match props {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let event = Event::system(message_id, EventType::JourneyStep, self.now, props);
         let body = serde_json::to_string(&event)?;
         self.tx
             .prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
@@ -915,9 +940,96 @@ fn effect_json(e: &Effect) -> Value {
     }
 }
 
-/// Applies a `journey_step` to the projections: the run, its messages, the statistics, a campaign's next time.
-/// The live decision and a rebuild both come here, so they agree.
-pub(crate) fn apply_step(conn: &Connection, ws: i64, event: &Event) -> Result<(), StoreError> {
+/// Statistics counters to add: (workspace, journey, counter) → how many.
+pub(crate) type Counts = HashMap<(i64, String, String), i64>;
+
+/// Adds the gathered counts to `journey_stats` and empties them.
+pub(crate) fn write_counts(conn: &Connection, counts: &mut Counts) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO journey_stats (ws, journey, counter, n) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (ws, journey, counter) DO UPDATE SET n = n + excluded.n",
+    )?;
+    for ((ws, journey, counter), n) in counts.drain() {
+        stmt.execute(params![ws, journey, counter, n])?;
+    }
+    Ok(())
+}
+
+/// A run's step as the projections take it: from the decision directly, or read back from the log.
+struct Step<'a> {
+    /// The person now (after any merge since the decision).
+    profile: i64,
+    run: &'a Run,
+    state: &'a Value,
+    messages: &'a [Value],
+    effects: &'a [Value],
+    at: Millis,
+}
+
+impl Step<'_> {
+    /// The run's row, its messages and their deliveries; its counters go to `counts`.
+    fn apply(&self, conn: &Connection, ws: i64, counts: &mut Counts) -> Result<(), StoreError> {
+        let (run, profile) = (self.run, self.profile);
+        conn.prepare_cached(
+            // Only what a step changes is set: the indexes by person and by journey stay untouched (a merge
+            // moves runs to the survivor itself).
+            "INSERT INTO journey_runs (ws, run, journey, profile, entered_at, active, wake_at, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (ws, run) DO UPDATE SET active = excluded.active, wake_at = excluded.wake_at,
+                 state = excluded.state",
+        )?
+        .execute(params![
+            ws,
+            run.id,
+            run.journey,
+            profile,
+            run.entered_at,
+            run.is_active(),
+            run.wake_at(),
+            self.state.to_string()
+        ])?;
+        for m in self.messages {
+            let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default();
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO messages (ws, key, run, journey, node, profile, channel, address, category, content, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                ws,
+                s("key"),
+                run.id,
+                run.journey,
+                s("node"),
+                profile,
+                s("channel"),
+                s("address"),
+                s("category"),
+                m.get("content").map(Value::to_string).unwrap_or_default(),
+                self.at
+            ])?;
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO deliveries (ws, key, status, attempts, next_attempt_at, last_error, updated_at)
+                 VALUES (?1, ?2, 'pending', 0, ?3, NULL, ?3)",
+            )?
+            .execute(params![ws, s("key"), self.at])?;
+        }
+        for counter in self.effects.iter().filter_map(counter) {
+            *counts
+                .entry((ws, run.journey.clone(), counter))
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Applies a `journey_step` to the projections: the run, its messages, the statistics (added to `counts`), a
+/// campaign's next time. The live decision and a rebuild both come here, so they agree.
+pub(crate) fn apply_step(
+    conn: &Connection,
+    ws: i64,
+    event: &Event,
+    counts: &mut Counts,
+) -> Result<(), StoreError> {
     let p = &event.properties;
     let profile = p
         .get("profile_id")
@@ -936,70 +1048,20 @@ pub(crate) fn apply_step(conn: &Connection, ws: i64, event: &Event) -> Result<()
     };
     if let (Some(state), Some(profile)) = (p.get("state"), profile) {
         let run: Run = serde_json::from_value(state.clone())?;
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO journey_runs (ws, run, journey, profile, entered_at, active, wake_at, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            ws,
-            run.id,
-            run.journey,
+        let list = |k: &str| {
+            p.get(k)
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice)
+        };
+        Step {
             profile,
-            run.entered_at,
-            run.is_active(),
-            run.wake_at(),
-            state.to_string()
-        ])?;
-        for m in p
-            .get("messages")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let s = |k: &str| {
-                m.get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            conn.prepare_cached(
-                "INSERT OR IGNORE INTO messages (ws, key, run, journey, node, profile, channel, address, category, content, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                ws,
-                s("key"),
-                run.id,
-                run.journey,
-                s("node"),
-                profile,
-                s("channel"),
-                s("address"),
-                s("category"),
-                m.get("content").map(Value::to_string).unwrap_or_default(),
-                event.timestamp
-            ])?;
-            conn.prepare_cached(
-                "INSERT OR IGNORE INTO deliveries (ws, key, status, attempts, next_attempt_at, last_error, updated_at)
-                 VALUES (?1, ?2, 'pending', 0, ?3, NULL, ?3)",
-            )?
-            .execute(params![ws, s("key"), event.timestamp])?;
+            run: &run,
+            state,
+            messages: list("messages"),
+            effects: list("effects"),
+            at: event.timestamp,
         }
-        let journey = run.journey.clone();
-        for e in p
-            .get("effects")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(counter) = counter(e) {
-                conn.prepare_cached(
-                    "INSERT INTO journey_stats (ws, journey, counter, n) VALUES (?1, ?2, ?3, 1)
-                     ON CONFLICT (ws, journey, counter) DO UPDATE SET n = n + 1",
-                )?
-                .execute(params![ws, journey, counter])?;
-            }
-        }
+        .apply(conn, ws, counts)?;
     }
     if let Some(s) = p.get("schedule") {
         conn.prepare_cached(

@@ -482,7 +482,9 @@ impl Processor {
             apply_membership(conn, ws, event)?;
         }
         if event.kind == EventType::JourneyStep && decided_here == 0 {
-            crate::journeys::apply_step(conn, ws, event)?;
+            let mut counts = crate::journeys::Counts::new();
+            crate::journeys::apply_step(conn, ws, event, &mut counts)?;
+            crate::journeys::write_counts(conn, &mut counts)?;
         }
         if event.kind == EventType::MessageDelivery {
             crate::deliveries::apply(conn, ws, event)?;
