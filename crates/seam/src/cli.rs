@@ -133,9 +133,11 @@ pub struct IngestBench {
     /// The write key for --url.
     #[arg(long)]
     pub write_key: Option<String>,
-    /// Define Seam's example segments before sending, so that membership is kept current during ingest.
-    #[arg(long, conflicts_with = "url")]
-    pub segments: bool,
+    /// Define this many segments before sending (Seam's three examples first, then the shop's usual ones; at
+    /// most 20), so that membership is kept current during ingest. Without a number: the three examples.
+    #[arg(long, conflicts_with = "url", num_args = 0..=1, default_missing_value = "3",
+          value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub segments: Option<u16>,
     /// After everything is applied, define one more segment and time its backfill: every person evaluated
     /// against it over their whole history.
     #[arg(long, conflicts_with = "url")]

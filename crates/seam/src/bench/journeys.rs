@@ -27,6 +27,8 @@ pub struct JourneysReport {
     pub runs_started_per_sec: f64,
     /// Runs waiting on a timer once they started.
     pub pending_timers: u64,
+    /// The process's resident memory while those timers wait (every person's profile, run and timer stored).
+    pub rss_pending_mib: f64,
     /// Seconds for every timer to fire, each a step that renders and records a message.
     pub fire_secs: f64,
     pub timers_fired_per_sec: f64,
@@ -294,15 +296,17 @@ pub async fn run(args: JourneysBench) -> anyhow::Result<()> {
     let pending_timers = store.journey_stats(ws, "welcome")?["waiting"]
         .as_u64()
         .unwrap_or(0);
+    let rss_pending_mib = super::memory_of("self").1;
 
     eprintln!("an hour later: {pending_timers} timers fire…");
     let watch = Stopwatch::start();
     clock.advance(Duration::from_secs(3_600));
     store.caught_up().await;
     let fire_secs = watch.elapsed().as_secs_f64();
-    let messages = store
-        .messages(ws, Some("welcome"), None, None, usize::MAX >> 1)?
-        .len();
+    // Counted by the journey's statistics: listing a million messages would measure the listing.
+    let messages = store.journey_stats(ws, "welcome")?["nodes"]["mail"]["sent"]
+        .as_u64()
+        .unwrap_or(0) as usize;
     store.shutdown();
     let data_folder_mib = super::dir_size(&data) as f64 / 1_048_576.0;
     let (p50, p99, max) = latency(&args).await?;
@@ -311,6 +315,7 @@ pub async fn run(args: JourneysBench) -> anyhow::Result<()> {
         start_secs,
         runs_started_per_sec: args.people as f64 / start_secs,
         pending_timers,
+        rss_pending_mib,
         fire_secs,
         timers_fired_per_sec: pending_timers as f64 / fire_secs,
         messages,
@@ -344,7 +349,10 @@ fn print_report(r: &JourneysReport, json: bool) -> anyhow::Result<()> {
         "ack → send decision p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} orders/s, real clock)",
         r.decision_p50_ms, r.decision_p99_ms, r.decision_max_ms, r.latency_rate
     );
-    println!("memory             peak {:.0} MiB", r.peak_rss_mib);
+    println!(
+        "memory             {:.0} MiB with the timers pending, peak {:.0} MiB",
+        r.rss_pending_mib, r.peak_rss_mib
+    );
     println!("data folder        {:.0} MiB", r.data_folder_mib);
     Ok(())
 }

@@ -260,12 +260,13 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
         },
         _ => ServerProcess::start(&data).await?,
     };
-    if args.segments {
+    if let Some(n) = args.segments {
         let client = reqwest::Client::new();
-        for (name, definition) in seam_audiences::EXAMPLES {
+        let all = seam_audiences::EXAMPLES.iter().chain(shop::SEGMENTS);
+        for (name, definition) in all.take(usize::from(n)) {
             define_segment(&client, &server, name, definition).await?;
         }
-        eprintln!("{} segments defined", seam_audiences::EXAMPLES.len());
+        eprintln!("{n} segments defined");
     }
     let host = server.base.trim_start_matches("http://").to_owned();
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(

@@ -53,6 +53,76 @@ const CATEGORIES: [&str; 8] = [
 ];
 const PAGES: [&str; 5] = ["Home", "Catalog", "Delivery", "Promotions", "Blog"];
 
+/// Segments a shop like this one keeps besides Seam's three examples: with them, the 20 of
+/// `seam bench ingest --segments 20`. Each reads what the generator sends.
+pub const SEGMENTS: &[(&str, &str)] = &[
+    (
+        "Coffee lovers",
+        r#"count of "Product Viewed" where category = "coffee" in last 30 days >= 3"#,
+    ),
+    (
+        "Big spenders",
+        r#"sum revenue of "Order Completed" in last 90 days > 10000"#,
+    ),
+    (
+        "Browses widely",
+        r#"distinct category of "Product Viewed" in last 30 days >= 3"#,
+    ),
+    (
+        "Left a cart",
+        r#""Product Added" not followed by "Order Completed" within 20 minutes"#,
+    ),
+    (
+        "Viewed, then added",
+        r#""Product Viewed" then "Product Added" within 1 hour"#,
+    ),
+    (
+        "Mostly tea",
+        r#"most frequent category of "Product Viewed" in last 90 days = "tea""#,
+    ),
+    (
+        "Evening buyers",
+        r#"preferred hour of "Order Completed" >= 18"#,
+    ),
+    (
+        "New buyers",
+        r#"first time of "Order Completed" > 30 days ago"#,
+    ),
+    (
+        "Store shoppers",
+        r#"count of "Order Completed" where store is set ever >= 1"#,
+    ),
+    ("Reachable by phone", r#"trait phone is set"#),
+    (
+        "Kazan, with an e-mail",
+        r#"trait city = "Kazan" and has email"#,
+    ),
+    (
+        "Looks at expensive things",
+        r#"max price of "Product Viewed" in last 30 days >= 1500"#,
+    ),
+    (
+        "Large baskets",
+        r#"avg revenue of "Order Completed" ever > 1000"#,
+    ),
+    (
+        "Stopped browsing",
+        r#"last time of "Product Viewed" < 14 days ago"#,
+    ),
+    (
+        "Repeat buyers",
+        r#"count of "Order Completed" in last 180 days >= 2"#,
+    ),
+    (
+        "Fills carts, does not order",
+        r#"count of "Product Added" in last 7 days >= 2 and count of "Order Completed" in last 7 days = 0"#,
+    ),
+    (
+        "Machine, then grinder",
+        r#""Product Viewed" where category = "machines" then "Product Viewed" where category = "grinders" within 1 day"#,
+    ),
+];
+
 pub struct Shop {
     pub people: Vec<Person>,
     rng: Rng,
@@ -265,4 +335,17 @@ pub fn batches(events: &[GenEvent], size: usize) -> Vec<Vec<u8>> {
             serde_json::to_vec(&json!({ "batch": items })).expect("serialise")
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_shops_segments_parse_and_with_the_examples_make_twenty() {
+        for (name, definition) in super::SEGMENTS {
+            if let Err(e) = seam_audiences::parse(definition) {
+                panic!("{name}: {e}");
+            }
+        }
+        assert_eq!(seam_audiences::EXAMPLES.len() + super::SEGMENTS.len(), 20);
+    }
 }
