@@ -15,6 +15,12 @@ use crate::process::key;
 use crate::read::{identities_of, state_of};
 use crate::{LogRow, Store, StoreError, WorkspaceKey};
 
+/// A person's segments for the API. The index is named: without statistics SQLite's planner walks every
+/// membership of the workspace for it (the `since` column is not in the index).
+pub(crate) const MEMBERSHIPS_OF: &str =
+    "SELECT segment, since FROM p.memberships INDEXED BY memberships_by_profile
+     WHERE ws = ?1 AND profile = ?2 ORDER BY segment";
+
 /// A stored definition: a segment or computed trait (in canonical text), a template or a journey (as JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DefinitionRecord {
@@ -238,9 +244,7 @@ impl Store {
         profile: &ProfileId,
     ) -> Result<Vec<(String, String)>, StoreError> {
         self.with_reader(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT segment, since FROM p.memberships WHERE ws = ?1 AND profile = ?2 ORDER BY segment",
-            )?;
+            let mut stmt = c.prepare_cached(MEMBERSHIPS_OF)?;
             let rows = stmt.query_map(params![ws.0, key(profile)], |r| {
                 Ok((r.get::<_, String>(0)?, format_rfc3339(r.get(1)?)))
             })?;
