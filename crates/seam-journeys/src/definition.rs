@@ -260,6 +260,22 @@ pub trait Catalog {
     fn channel_enabled(&self, channel: Channel) -> bool;
 }
 
+/// A catalog that knows every segment, template and channel: for definitions that were checked against the
+/// real one when they were saved, and need no second check to run.
+pub struct Trusted;
+
+impl Catalog for Trusted {
+    fn has_segment(&self, _: &str) -> bool {
+        true
+    }
+    fn template_for(&self, _: &str, _: Channel) -> Result<(), String> {
+        Ok(())
+    }
+    fn channel_enabled(&self, _: Channel) -> bool {
+        true
+    }
+}
+
 /// A problem in a definition, at a place in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
@@ -1056,24 +1072,10 @@ pub fn segments_in(e: &Expr) -> Vec<String> {
 mod tests {
     use super::*;
 
-    struct Anything;
-
-    impl Catalog for Anything {
-        fn has_segment(&self, _: &str) -> bool {
-            true
-        }
-        fn template_for(&self, _: &str, _: Channel) -> Result<(), String> {
-            Ok(())
-        }
-        fn channel_enabled(&self, _: Channel) -> bool {
-            true
-        }
-    }
-
     fn journey(nodes: &str) -> Journey {
         let text = format!("id: j\ntrigger: {{event: Signed Up}}\nstart: first\nnodes:\n{nodes}");
         let spec = from_yaml(&text).expect("the journey parses");
-        validate(&spec, 1, &Anything).expect("the journey checks")
+        validate(&spec, 1, &Trusted).expect("the journey checks")
     }
 
     #[test]

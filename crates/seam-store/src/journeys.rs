@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use seam_audiences::ast::Expr;
 use seam_audiences::PersonEvent;
 use seam_core::{Event, EventType, Identifier, Millis, ProfileId};
-use seam_journeys::definition::{self, Catalog, Journey, JourneySpec, Trigger};
+use seam_journeys::definition::{self, Journey, JourneySpec, Trigger};
 use seam_journeys::governance::{self, Clearance, Facts, Policy, Request};
 use seam_journeys::run::{self, Effect, Env, Run, TriggerEvent};
 use seam_journeys::template::{self, Template, TemplateSpec};
@@ -51,24 +51,9 @@ impl Default for Delivery {
     }
 }
 
-/// Stored definitions were checked when saved; running them needs no second check of what they refer to.
-struct Checked;
-
-impl Catalog for Checked {
-    fn has_segment(&self, _: &str) -> bool {
-        true
-    }
-    fn template_for(&self, _: &str, _: Channel) -> Result<(), String> {
-        Ok(())
-    }
-    fn channel_enabled(&self, _: Channel) -> bool {
-        true
-    }
-}
-
 fn compile(definition: &str, version: u32) -> Option<Journey> {
     let spec: JourneySpec = serde_json::from_str(definition).ok()?;
-    match definition::validate(&spec, version, &Checked) {
+    match definition::validate(&spec, version, &definition::Trusted) {
         Ok(j) => Some(j),
         Err(problems) => {
             tracing::error!(journey = %spec.id, problems = problems.len(), "a stored journey does not check; skipped");
