@@ -316,6 +316,9 @@ pub struct Journey {
     pub group: Option<String>,
     pub priority: i32,
     pub quiet: QuietAction,
+    /// Whether deciding a step can read the person's event history: a condition over events, or an offer held
+    /// back when the item was bought recently. A journey that cannot is decided without loading it.
+    pub reads_history: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -462,18 +465,6 @@ impl NodeKind {
 }
 
 impl Journey {
-    /// Whether deciding a step can read the person's event history: a condition over events, or an offer held
-    /// back when the item was bought recently. A journey that cannot is decided without loading it.
-    pub fn reads_history(&self) -> bool {
-        self.nodes.iter().any(|n| match &n.kind {
-            NodeKind::Condition { test, .. } => {
-                !seam_audiences::digest::Needs::of([test], []).is_empty()
-            }
-            NodeKind::Send { offer, .. } | NodeKind::Cascade { offer, .. } => offer.is_some(),
-            _ => false,
-        })
-    }
-
     /// Whether `ev` reaches the journey's goal for a run entered at `entered_at`.
     pub fn goal_reached(&self, ev: &PersonEvent, entered_at: Millis) -> bool {
         self.goal.as_ref().is_some_and(|g| {
@@ -642,6 +633,7 @@ pub fn validate(
         return Err(c.problems);
     }
     Ok(Journey {
+        reads_history: reads_history(&nodes),
         id: spec.id.clone(),
         name: if spec.name.is_empty() {
             spec.id.clone()
@@ -659,6 +651,17 @@ pub fn validate(
         group: spec.group.clone(),
         priority: spec.priority,
         quiet: spec.quiet_hours,
+    })
+}
+
+/// See [`Journey::reads_history`].
+fn reads_history(nodes: &[Node]) -> bool {
+    nodes.iter().any(|n| match &n.kind {
+        NodeKind::Condition { test, .. } => {
+            !seam_audiences::digest::Needs::of([test], []).is_empty()
+        }
+        NodeKind::Send { offer, .. } | NodeKind::Cascade { offer, .. } => offer.is_some(),
+        _ => false,
     })
 }
 
@@ -1098,7 +1101,7 @@ mod tests {
             ),
         ];
         for (nodes, reads) in cases {
-            assert_eq!(journey(&nodes).reads_history(), reads, "{nodes}");
+            assert_eq!(journey(&nodes).reads_history, reads, "{nodes}");
         }
     }
 }

@@ -16,6 +16,7 @@ use seam_core::{Event, EventType, Millis, ProfileId};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::process::text;
 use crate::{LogRow, Store, StoreError, WorkspaceKey};
 
 /// A message due for an attempt.
@@ -51,17 +52,12 @@ pub enum Attempt {
 /// Applies a `message_delivery` event.
 pub(crate) fn apply(conn: &Connection, ws: i64, event: &Event) -> Result<(), StoreError> {
     let p = &event.properties;
-    let s = |k: &str| {
-        p.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let s = |k: &str| text(p, k);
     let status = s("status");
-    let (status, next, attempts, new_round) = match status.as_str() {
+    let (status, next, attempts, new_round) = match status {
         "requeued" => ("pending", Some(event.timestamp), Some(0), 1),
         "retry" => ("retry", p.get("retry_at").and_then(Value::as_i64), None, 0),
-        "sent" | "dead" => (status.as_str(), None, None, 0),
+        "sent" | "dead" => (status, None, None, 0),
         _ => return Ok(()),
     };
     // An upsert: should a record ever precede its message in the log, the message's own insert (OR IGNORE)
@@ -244,14 +240,7 @@ pub(crate) fn apply_suppression(
     ws: i64,
     event: &Event,
 ) -> Result<(), StoreError> {
-    let s = |k: &str| {
-        event
-            .properties
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let s = |k: &str| text(&event.properties, k);
     if s("action") == "remove" {
         conn.prepare_cached("DELETE FROM suppressions WHERE ws = ?1 AND address = ?2")?
             .execute(params![ws, s("address")])?;

@@ -25,7 +25,7 @@ use seam_journeys::{local, Category, Channel};
 use serde_json::{json, Map, Value};
 
 use crate::decide::Decided;
-use crate::process::Emitted;
+use crate::process::{text, Emitted};
 use crate::segments::{person_profile, track_events, PersonData};
 use crate::{StoreError, WorkspaceKey};
 
@@ -385,7 +385,7 @@ impl<'t> Decider<'t> {
     where
         't: 'w,
     {
-        if j.reads_history() && !who.history_loaded {
+        if j.reads_history && !who.history_loaded {
             who.data.events =
                 track_events(self.tx, "main", "log", WorkspaceKey(ws), who.profile, 0)?
                     .into_iter()
@@ -648,11 +648,7 @@ impl<'t> Decider<'t> {
                 properties: ev.properties.clone(),
             },
             EventType::JourneyEnter => {
-                let id = ev
-                    .properties
-                    .get("journey")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let id = text(&ev.properties, "journey");
                 let active = self
                     .defs(ws)?
                     .current
@@ -974,7 +970,7 @@ impl Step<'_> {
             self.state.to_string()
         ])?;
         for m in self.messages {
-            let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default();
+            let s = |k: &str| m.as_object().map_or("", |m| text(m, k));
             conn.prepare_cached(
                 "INSERT OR IGNORE INTO messages (ws, key, run, journey, node, profile, channel, address, category, content, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -1054,7 +1050,7 @@ pub(crate) fn apply_step(
         )?
         .execute(params![
             ws,
-            s.get("journey").and_then(Value::as_str).unwrap_or_default(),
+            s.as_object().map_or("", |s| text(s, "journey")),
             s.get("next_at").and_then(Value::as_i64)
         ])?;
     }

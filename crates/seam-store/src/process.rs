@@ -52,6 +52,11 @@ const MERGE_STATEMENTS: &[&str] = &[
      (SELECT profile FROM profiles WHERE ws = ?1 AND merged_into = ?2)",
 ];
 
+/// The text of property `key` of `props`, or "" when it is missing or not text.
+pub(crate) fn text<'a>(props: &'a Map<String, Value>, key: &str) -> &'a str {
+    props.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
 /// The integer key a profile is stored under: the log position of the event that created it.
 pub(crate) fn key(p: &ProfileId) -> i64 {
     p.created_seq()
@@ -141,13 +146,7 @@ impl IdentityView for SqlView<'_> {
 
 /// A `segment_entered` / `segment_exited` event from the log applied to the memberships.
 fn apply_membership(conn: &Connection, ws: i64, event: &Event) -> Result<(), StoreError> {
-    let field = |k: &str| {
-        event
-            .properties
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-    };
+    let field = |k: &str| text(&event.properties, k);
     let Ok(profile) = ProfileId::parse(field("profile_id")) else {
         return Ok(());
     };
@@ -166,14 +165,7 @@ fn apply_membership(conn: &Connection, ws: i64, event: &Event) -> Result<(), Sto
 /// Creates or replaces a segment or computed trait (`table`) from its `…_defined` event (`id`, `name`,
 /// `definition`).
 fn define(conn: &Connection, table: &str, ws: i64, event: &Event) -> Result<(), StoreError> {
-    let field = |k: &str| {
-        event
-            .properties
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let field = |k: &str| text(&event.properties, k);
     let (id, name, definition) = (field("id"), field("name"), field("definition"));
     conn.prepare_cached(&format!(
         "INSERT INTO {table} (ws, id, name, definition, version, created_at, updated_at)
@@ -187,14 +179,7 @@ fn define(conn: &Connection, table: &str, ws: i64, event: &Event) -> Result<(), 
 
 /// A template or journey saved, deleted, activated or paused.
 fn apply_journey_definition(conn: &Connection, ws: i64, event: &Event) -> Result<(), StoreError> {
-    let field = |k: &str| {
-        event
-            .properties
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let field = |k: &str| text(&event.properties, k);
     let id = field("id");
     match event.kind {
         EventType::TemplateDefined => define(conn, "templates", ws, event)?,
@@ -234,7 +219,7 @@ fn apply_journey_definition(conn: &Connection, ws: i64, event: &Event) -> Result
             )?
             .execute(params![ws, id, field("status"), event.timestamp])?;
             if field("status") == "active" {
-                crate::journeys::schedule_on_activation(conn, ws, &id)?;
+                crate::journeys::schedule_on_activation(conn, ws, id)?;
             }
         }
     }
@@ -437,7 +422,7 @@ impl Processor {
                     )?
                     .execute(params![
                         ws,
-                        event.properties.get("id").and_then(Value::as_str).unwrap_or_default()
+                        text(&event.properties, "id")
                     ])?;
                 }
                 return Ok(());
@@ -446,11 +431,7 @@ impl Processor {
             | EventType::SegmentDeleted
             | EventType::ComputedTraitDefined
             | EventType::ComputedTraitDeleted => {
-                let id = event
-                    .properties
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let id = text(&event.properties, "id");
                 match event.kind {
                     EventType::SegmentDefined => define(conn, "segments", ws, event)?,
                     EventType::ComputedTraitDefined => {

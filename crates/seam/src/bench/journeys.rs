@@ -67,6 +67,28 @@ fn event(kind: EventType, id: String, user: usize, at: i64) -> LogRow {
     LogRow::new(e, body)
 }
 
+/// Saves a template and a journey, both named `id`, and activates the journey.
+async fn install(
+    store: &Store,
+    ws: WorkspaceKey,
+    id: &str,
+    template: &serde_json::Value,
+    journey: &serde_json::Value,
+    at: i64,
+) -> anyhow::Result<()> {
+    let kinds = [
+        (DefinitionKind::Template, template),
+        (DefinitionKind::Journey, journey),
+    ];
+    for (kind, definition) in kinds {
+        store
+            .define(ws, kind, id, id, &definition.to_string(), at)
+            .await?;
+    }
+    store.set_journey_status(ws, id, "active", at).await?;
+    Ok(())
+}
+
 /// On the real clock: `latency_rate` people a second order, and an active journey sends each a confirmation at
 /// once. Returns (p50, p99, max) in ms from each order's acknowledgement to the decision that sends it.
 async fn latency(args: &JourneysBench) -> anyhow::Result<(f64, f64, f64)> {
@@ -78,31 +100,9 @@ async fn latency(args: &JourneysBench) -> anyhow::Result<(f64, f64, f64)> {
     let store = Store::open(&data, StoreOptions::default(), Arc::new(SystemClock))?;
     let ws = WorkspaceKey(1);
     let template = json!({"id": "confirm", "name": "confirm", "variants": {"email": {"subject": "Order received", "body": "Thank you."}}});
-    store
-        .define(
-            ws,
-            DefinitionKind::Template,
-            "confirm",
-            "confirm",
-            &template.to_string(),
-            t0,
-        )
-        .await?;
     let journey = json!({"id": "confirm", "trigger": {"event": "Signed Up"}, "start": "mail", "nodes": {
         "mail": {"type": "send", "channel": "email", "template": "confirm", "category": "transactional"}}});
-    store
-        .define(
-            ws,
-            DefinitionKind::Journey,
-            "confirm",
-            "confirm",
-            &journey.to_string(),
-            t0,
-        )
-        .await?;
-    store
-        .set_journey_status(ws, "confirm", "active", t0)
-        .await?;
+    install(&store, ws, "confirm", &template, &journey, t0).await?;
     let total = args.latency_rate * args.latency_secs;
     let acked = offer(&store, ws, args.latency_rate, args.latency_secs).await?;
     let ms: Vec<i64> = store
@@ -254,32 +254,10 @@ pub async fn run(args: JourneysBench) -> anyhow::Result<()> {
     let ws = WorkspaceKey(1);
     let template = json!({"id": "welcome", "name": "welcome", "variants": {"email": {
         "subject": "Welcome, {{ profile.traits.first_name | default: 'friend' }}", "body": "Hello."}}});
-    store
-        .define(
-            ws,
-            DefinitionKind::Template,
-            "welcome",
-            "welcome",
-            &template.to_string(),
-            t0,
-        )
-        .await?;
     let journey = json!({"id": "welcome", "trigger": {"event": "Signed Up"}, "start": "wait", "nodes": {
         "wait": {"type": "wait", "for": "1 hour", "next": "mail"},
         "mail": {"type": "send", "channel": "email", "template": "welcome"}}});
-    store
-        .define(
-            ws,
-            DefinitionKind::Journey,
-            "welcome",
-            "welcome",
-            &journey.to_string(),
-            t0,
-        )
-        .await?;
-    store
-        .set_journey_status(ws, "welcome", "active", t0)
-        .await?;
+    install(&store, ws, "welcome", &template, &journey, t0).await?;
 
     eprintln!("{} people sign up…", args.people);
     let watch = Stopwatch::start();
