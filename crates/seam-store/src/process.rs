@@ -30,7 +30,6 @@ const OWNERS_CACHED: usize = 1_000_000;
 /// goes, and everything of theirs follows the survivor.
 const MERGE_STATEMENTS: &[&str] = &[
     // The index is named: SQLite's planner otherwise walks every membership of the workspace.
-    // The index is named: SQLite's planner otherwise walks every membership of the workspace.
     "DELETE FROM memberships INDEXED BY memberships_by_profile WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
     "DELETE FROM pending_evaluations WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
     "DELETE FROM segment_timers WHERE ws = ?1 AND profile = ?2 AND ?3 = ?3",
