@@ -82,6 +82,10 @@ pub struct SegmentsBench {
     /// How long the load is offered, in seconds.
     #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub secs: usize,
+    /// Segments active, the measured one included (the others are those of `bench ingest --segments`, every
+    /// person evaluated against each): 1 to 20.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub segments: u16,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

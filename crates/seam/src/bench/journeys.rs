@@ -173,6 +173,7 @@ async fn offer(
 pub struct SegmentsReport {
     pub rate: usize,
     pub people: usize,
+    pub segments: u16,
     pub entered_p50_ms: f64,
     pub entered_p99_ms: f64,
     pub entered_max_ms: f64,
@@ -199,6 +200,13 @@ pub async fn segments(args: crate::cli::SegmentsBench) -> anyhow::Result<()> {
             t0,
         )
         .await?;
+    let others = seam_audiences::EXAMPLES.iter().chain(super::shop::SEGMENTS);
+    for (i, (name, definition)) in others.take(usize::from(args.segments) - 1).enumerate() {
+        let id = format!("seg_other_{i}");
+        store
+            .define(ws, DefinitionKind::Segment, &id, name, definition, t0)
+            .await?;
+    }
     let acked = offer(&store, ws, args.rate, args.secs).await?;
     let mut ms = Vec::with_capacity(acked.len());
     for (u, ack) in acked.iter().enumerate() {
@@ -209,7 +217,11 @@ pub async fn segments(args: crate::cli::SegmentsBench) -> anyhow::Result<()> {
         let Some(id) = store.resolve(ws, &r)? else {
             continue;
         };
-        if let Some((_, since)) = store.memberships_of(ws, &id)?.into_iter().next() {
+        let memberships = store.memberships_of(ws, &id)?;
+        if let Some((_, since)) = memberships
+            .into_iter()
+            .find(|(segment, _)| segment == "seg_new")
+        {
             if let Some(since) = seam_core::clock::parse_rfc3339(&since) {
                 ms.push((since - ack).max(0));
             }
@@ -222,6 +234,7 @@ pub async fn segments(args: crate::cli::SegmentsBench) -> anyhow::Result<()> {
     let (p50, p99, max) = percentiles(ms);
     let r = SegmentsReport {
         rate: args.rate,
+        segments: args.segments,
         people: acked.len(),
         entered_p50_ms: p50,
         entered_p99_ms: p99,
@@ -237,8 +250,8 @@ fn print_segments(r: &SegmentsReport, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "ack → segment entered  p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} people/s, {} people, real clock)",
-        r.entered_p50_ms, r.entered_p99_ms, r.entered_max_ms, r.rate, r.people
+        "ack → segment entered  p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} people/s, {} people, {} segments, real clock)",
+        r.entered_p50_ms, r.entered_p99_ms, r.entered_max_ms, r.rate, r.people, r.segments
     );
     Ok(())
 }

@@ -103,6 +103,19 @@ fn a_benchmark_refuses_a_zero_count_with_the_option_named() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(args[2]) && err.contains("at least 1"), "{err}");
     }
+    // Segment counts are bounded by the segments the benchmarks ship.
+    for (command, count) in [("segments", "0"), ("segments", "21"), ("ingest", "21")] {
+        let out = seam()
+            .args(["bench", command, "--segments", count])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--segments") && err.contains("1..=20"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
