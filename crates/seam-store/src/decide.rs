@@ -257,7 +257,9 @@ pub(crate) fn decide(
         match next {
             Some(due) => tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO segment_timers (ws, profile, due) VALUES (?1, ?2, ?3)",
+                    // An unchanged timer (the usual case) is not written again.
+                    "INSERT INTO segment_timers (ws, profile, due) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (ws, profile) DO UPDATE SET due = excluded.due WHERE due != excluded.due",
                 )?
                 .execute(params![ws, profile, due])?,
             None => tx
