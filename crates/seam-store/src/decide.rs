@@ -197,7 +197,10 @@ pub(crate) fn decide(
                 match value {
                     Some(v) => {
                         tx.prepare_cached(
-                            "INSERT OR REPLACE INTO computed_traits (ws, profile, name, value) VALUES (?1, ?2, ?3, ?4)",
+                            // Like the timer below: an unchanged value is not written again.
+                            "INSERT INTO computed_traits (ws, profile, name, value) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (ws, profile, name) DO UPDATE SET value = excluded.value
+                             WHERE value != excluded.value",
                         )?
                         .execute(params![ws, profile, name, v.to_string()])?;
                         values.insert(name.clone(), v);
