@@ -76,7 +76,7 @@ pub enum BenchCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct SegmentsBench {
-    /// People per second who order (each order puts them in a segment).
+    /// People per second who sign up (each sign-up puts them in the measured segment).
     #[arg(long, default_value_t = 1_000, value_parser = at_least_one)]
     pub rate: usize,
     /// How long the load is offered, in seconds.

@@ -179,6 +179,9 @@ pub struct SegmentsReport {
     pub entered_max_ms: f64,
 }
 
+/// The segment whose entries `seam bench segments` times.
+const MEASURED: &str = "seg_new";
+
 /// `seam bench segments`: `rate` people a second sign up (identify + a tracked event), and a segment of those
 /// who signed up in the last day takes each in. Measured from each acknowledgement to the membership's
 /// decision time (the start of the projector pass that decided it).
@@ -191,14 +194,7 @@ pub async fn segments(args: crate::cli::SegmentsBench) -> anyhow::Result<()> {
     let ws = WorkspaceKey(1);
     let definition = r#"count of "Signed Up" in last 1 days >= 1"#;
     store
-        .define(
-            ws,
-            DefinitionKind::Segment,
-            "seg_new",
-            "New",
-            definition,
-            t0,
-        )
+        .define(ws, DefinitionKind::Segment, MEASURED, "New", definition, t0)
         .await?;
     let others = seam_audiences::EXAMPLES.iter().chain(super::shop::SEGMENTS);
     for (i, (name, definition)) in others.take(usize::from(args.segments) - 1).enumerate() {
@@ -220,7 +216,7 @@ pub async fn segments(args: crate::cli::SegmentsBench) -> anyhow::Result<()> {
         let memberships = store.memberships_of(ws, &id)?;
         if let Some((_, since)) = memberships
             .into_iter()
-            .find(|(segment, _)| segment == "seg_new")
+            .find(|(segment, _)| segment == MEASURED)
         {
             if let Some(since) = seam_core::clock::parse_rfc3339(&since) {
                 ms.push((since - ack).max(0));
