@@ -54,7 +54,8 @@ const CATEGORIES: [&str; 8] = [
 const PAGES: [&str; 5] = ["Home", "Catalog", "Delivery", "Promotions", "Blog"];
 
 /// Segments a shop like this one keeps besides Seam's three examples: with them, the 20 of
-/// `seam bench ingest --segments 20`. Each reads what the generator sends.
+/// `seam bench ingest --segments 20` (and the others of `seam bench segments --segments 20`). Each reads what
+/// the generator sends.
 pub const SEGMENTS: &[(&str, &str)] = &[
     (
         "Coffee lovers",
