@@ -36,6 +36,10 @@ pub struct ProfileState {
     pub last_seen: Option<Millis>,
     /// Events received for the person (each messageId once); system events are not counted.
     pub event_count: u64,
+    /// Log position of the person's latest track event (0 before the first): tells whether a digest of the
+    /// person's events made earlier has seen all of them.
+    #[serde(default)]
+    pub last_track_seq: Seq,
 }
 
 impl ProfileState {
@@ -45,6 +49,9 @@ impl ProfileState {
             return;
         }
         self.event_count += 1;
+        if event.kind == EventType::Track {
+            self.last_track_seq = self.last_track_seq.max(seq);
+        }
         self.first_seen = Some(
             self.first_seen
                 .map_or(event.timestamp, |f| f.min(event.timestamp)),
@@ -80,6 +87,7 @@ impl ProfileState {
     /// Takes in everything a merged-away profile knew.
     pub fn absorb(&mut self, other: ProfileState) {
         self.event_count += other.event_count;
+        self.last_track_seq = self.last_track_seq.max(other.last_track_seq);
         self.first_seen = min_opt(self.first_seen, other.first_seen);
         self.last_seen = max_opt(self.last_seen, other.last_seen);
         for (k, v) in other.traits {
@@ -156,12 +164,19 @@ mod tests {
     proptest! {
         #[test]
         fn any_split_and_merge_of_a_history_gives_the_same_profile(
-            events in prop::collection::vec((0i64..50, 0usize..3, 0u8..4), 1..30),
+            events in prop::collection::vec((0i64..50, 0usize..3, 0u8..4, any::<bool>()), 1..30),
             split in any::<prop::sample::Index>(),
         ) {
             let keys = ["plan", "city", "name"];
             let evs: Vec<(Event, Seq)> = events.iter().enumerate()
-                .map(|(i, &(t, k, v))| (identify(t, json!({ keys[k]: v })), i as Seq + 1)).collect();
+                .map(|(i, &(t, k, v, tracked))| {
+                    let mut e = identify(t, json!({ keys[k]: v }));
+                    if tracked {
+                        e.kind = EventType::Track;
+                    }
+                    (e, i as Seq + 1)
+                })
+                .collect();
             let mut whole = ProfileState::default();
             for (e, s) in &evs { whole.apply(e, *s); }
             let cut = split.index(evs.len() + 1);
@@ -172,6 +187,8 @@ mod tests {
             let mut ba = b; ba.absorb(a);
             prop_assert_eq!(&ab, &whole);
             prop_assert_eq!(&ba, &whole);
+            let last_track = evs.iter().filter(|(e, _)| e.kind == EventType::Track).map(|(_, s)| *s).max();
+            prop_assert_eq!(whole.last_track_seq, last_track.unwrap_or(0));
         }
     }
 }

@@ -1,28 +1,34 @@
-//! Live segment membership: the projector's second phase.
+//! Live segment membership: decided in the projector's transactions.
 //!
-//! Applying an event queues its profile in `pending_evaluations` (when the workspace has segments); a new or
-//! changed definition queues every live profile (the backfill); a due timer queues its profile again. Here the
-//! queued profiles are evaluated against every segment of their workspace, and each change of membership is
-//! decided once: written to `memberships`, and as a `segment_entered` / `segment_exited` event to the outbox in
-//! the same transaction, from where the log writer appends it. For each profile the earliest instant at which
-//! time alone may change one of its segments is kept in `segment_timers`.
+//! The profiles that the events of a projection transaction touched (when their workspace has segments) are
+//! evaluated in that same transaction, once its events are applied (`decide_touched`): their digests take the
+//! transaction's own track events, and the decisions commit with the events that caused them. A backlog (more
+//! than `IN_STEP` people in one transaction), a new or changed definition (the backfill: every live profile) and
+//! a due timer queue profiles in `pending_evaluations` instead, evaluated by the decision passes (`decide`).
+//! Each change of membership is decided once: written to `memberships`, and as a `segment_entered` /
+//! `segment_exited` event to the outbox in the same transaction, from where the log writer appends it. For each
+//! profile the earliest instant at which time alone may change one of its segments is kept in `segment_timers`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use seam_audiences::ast::Metric;
 use seam_audiences::digest::{Digest, Needs};
 use seam_audiences::{measure, parse, parse_metric, Expr, Library, Person, PersonEvent};
-use seam_core::{Event, EventType, Millis, ProfileId};
+use seam_core::{Event, EventType, Millis, ProfileId, Seq};
 use serde_json::json;
 
-use crate::process::Emitted;
-use crate::segments::{person_profile, track_events};
+use crate::process::{Emitted, Touched};
+use crate::segments::{person_profile, track_events, tracked};
 use crate::{StoreError, WorkspaceKey};
 
 /// How far a pass counts the work still queued: enough to report a backlog, bounded so that a pass costs
 /// the same however long the queue (a backfill queues every profile).
 pub(crate) const COUNTED_UP_TO: i64 = 100_000;
+
+/// Most profiles evaluated in the transaction that applied their events; more (a backlog) are queued for
+/// the decision passes, where a person touched again meanwhile is evaluated once for all.
+const IN_STEP: usize = 2_000;
 
 /// What one decision pass did.
 #[derive(Default)]
@@ -94,15 +100,26 @@ fn load_defs(conn: &Connection, ws: i64) -> Result<Defs, StoreError> {
     })
 }
 
+/// The track events applied to a person in the current transaction, for bringing their digest up to date
+/// without reading them back from the timeline.
+pub(crate) struct Fresh<'a> {
+    /// The person's latest track event before them (see `process::Touched`).
+    pub before: Seq,
+    /// Log position and stored body of each.
+    pub events: Vec<(Seq, &'a str)>,
+}
+
 /// The person's events that the definitions read: their digest brought up to date with the events applied
 /// since it was made (or made from the whole timeline when missing, made for other definitions, or the person
-/// merged), pruned to `now`.
+/// merged), pruned to `now`. When the digest has seen every track event up to `fresh.before`, the fresh
+/// events are all it lacks and the timeline is not read.
 fn digest_events(
     tx: &Connection,
     d: &Defs,
     ws: i64,
     profile: i64,
     now: Millis,
+    fresh: Option<Fresh<'_>>,
 ) -> Result<Vec<PersonEvent>, StoreError> {
     if d.needs.is_empty() {
         return Ok(Vec::new());
@@ -119,7 +136,19 @@ fn digest_events(
         }
         _ => (Digest::default(), -1),
     };
-    let fresh = track_events(tx, "main", "log", WorkspaceKey(ws), profile, upto.max(0))?;
+    let fresh = match fresh {
+        Some(f) if upto >= 0 && upto == f.before => {
+            let mut events = f
+                .events
+                .into_iter()
+                .map(|(seq, body)| Ok((seq, tracked(body)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            // In the timeline's order, as `track_events` reads them.
+            events.sort_by_key(|(seq, e)| (e.at, *seq));
+            events
+        }
+        _ => track_events(tx, "main", "log", WorkspaceKey(ws), profile, upto.max(0))?,
+    };
     let mut changed = upto < 0 || !fresh.is_empty();
     for (seq, e) in fresh {
         d.needs
@@ -136,31 +165,49 @@ fn digest_events(
     Ok(digest.person_events())
 }
 
-/// Evaluates up to `limit` queued profiles at `now` and records the membership changes.
-pub(crate) fn decide(
-    conn: &mut Connection,
+/// Decides memberships in one transaction: evaluates profiles at `now` and records each change.
+struct Decider<'t> {
+    tx: &'t Connection,
     now: Millis,
-    limit: usize,
-) -> Result<Decided, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        "INSERT OR IGNORE INTO pending_evaluations (ws, profile) SELECT ws, profile FROM segment_timers WHERE due <= ?1",
-        [now],
-    )?;
-    tx.execute("DELETE FROM segment_timers WHERE due <= ?1", [now])?;
-    let queued: Vec<(i64, i64)> = tx
-        .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
-        .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut decisions: i64 =
-        tx.query_row("SELECT value FROM meta WHERE key = 'decisions'", [], |r| {
-            r.get(0)
-        })?;
-    let mut defs: HashMap<i64, Defs> = HashMap::new();
-    let mut emitted = Vec::new();
-    for (ws, profile) in queued {
-        tx.prepare_cached("DELETE FROM pending_evaluations WHERE ws = ?1 AND profile = ?2")?
-            .execute(params![ws, profile])?;
+    defs: HashMap<i64, Defs>,
+    /// The running count of decisions (part of each decision's message id).
+    decisions: i64,
+    emitted: Vec<Emitted>,
+}
+
+impl<'t> Decider<'t> {
+    fn new(tx: &'t Connection, now: Millis) -> Result<Self, StoreError> {
+        let decisions =
+            tx.query_row("SELECT value FROM meta WHERE key = 'decisions'", [], |r| {
+                r.get(0)
+            })?;
+        Ok(Self {
+            tx,
+            now,
+            defs: HashMap::new(),
+            decisions,
+            emitted: Vec::new(),
+        })
+    }
+
+    /// Stores the count of decisions; returns the events decided.
+    fn finish(self) -> Result<Vec<Emitted>, StoreError> {
+        self.tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'decisions'",
+            [self.decisions],
+        )?;
+        Ok(self.emitted)
+    }
+
+    /// Evaluates one profile (nothing when it was merged away) against every segment and computed trait of its
+    /// workspace, writes the changes and the person's next timer.
+    fn evaluate(
+        &mut self,
+        ws: i64,
+        profile: i64,
+        fresh: Option<Fresh<'_>>,
+    ) -> Result<(), StoreError> {
+        let (tx, now) = (self.tx, self.now);
         let live: Option<bool> = tx
             .prepare_cached(
                 "SELECT merged_into IS NULL FROM profiles WHERE ws = ?1 AND profile = ?2",
@@ -168,14 +215,14 @@ pub(crate) fn decide(
             .query_row(params![ws, profile], |r| r.get(0))
             .optional()?;
         if live != Some(true) {
-            continue;
+            return Ok(());
         }
-        if let std::collections::hash_map::Entry::Vacant(slot) = defs.entry(ws) {
-            slot.insert(load_defs(&tx, ws)?);
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.defs.entry(ws) {
+            slot.insert(load_defs(tx, ws)?);
         }
-        let d = &defs[&ws];
-        let mut data = person_profile(&tx, "main", WorkspaceKey(ws), profile)?;
-        data.events = digest_events(&tx, d, ws, profile, now)?;
+        let d = &self.defs[&ws];
+        let mut data = person_profile(tx, "main", WorkspaceKey(ws), profile)?;
+        data.events = digest_events(tx, d, ws, profile, now, fresh)?;
         let mut next: Option<Millis> = None;
         let mut soonest = |c: Option<Millis>| {
             if let Some(c) = c {
@@ -197,17 +244,17 @@ pub(crate) fn decide(
                 match value {
                     Some(v) => {
                         tx.prepare_cached(
-                            // Like the timer below: an unchanged value is not written again.
-                            "INSERT INTO computed_traits (ws, profile, name, value) VALUES (?1, ?2, ?3, ?4)
-                             ON CONFLICT (ws, profile, name) DO UPDATE SET value = excluded.value
-                             WHERE value != excluded.value",
-                        )?
-                        .execute(params![ws, profile, name, v.to_string()])?;
+                        // Like the timer below: an unchanged value is not written again.
+                        "INSERT INTO computed_traits (ws, profile, name, value) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (ws, profile, name) DO UPDATE SET value = excluded.value
+                         WHERE value != excluded.value",
+                    )?
+                    .execute(params![ws, profile, name, v.to_string()])?;
                         values.insert(name.clone(), v);
                     }
                     None => {
                         tx.prepare_cached("DELETE FROM computed_traits WHERE ws = ?1 AND profile = ?2 AND name = ?3")?
-                            .execute(params![ws, profile, name])?;
+                        .execute(params![ws, profile, name])?;
                     }
                 }
             }
@@ -226,7 +273,7 @@ pub(crate) fn decide(
             let kind = match (member, current.contains(id)) {
                 (true, false) => {
                     tx.prepare_cached("INSERT INTO memberships (ws, segment, profile, since) VALUES (?1, ?2, ?3, ?4)")?
-                        .execute(params![ws, id, profile, now])?;
+                    .execute(params![ws, id, profile, now])?;
                     EventType::SegmentEntered
                 }
                 (false, true) => {
@@ -238,9 +285,13 @@ pub(crate) fn decide(
                 }
                 _ => continue,
             };
-            decisions += 1;
+            self.decisions += 1;
             // Unique across rebuilds too (a rebuilt projection starts counting again, later in time).
-            let message_id = format!("$seam:{}:{id}:{profile}:{now}:{decisions}", kind.as_str());
+            let message_id = format!(
+                "$seam:{}:{id}:{profile}:{now}:{}",
+                kind.as_str(),
+                self.decisions
+            );
             let props = json!({"segment_id": id, "segment": name, "profile_id": ProfileId::from_seq(profile)});
             let event = Event::system(
                 message_id,
@@ -251,29 +302,52 @@ pub(crate) fn decide(
             let body = serde_json::to_string(&event)?;
             tx.prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
                 .execute(params![ws, event.message_id, body])?;
-            emitted.push(Emitted {
+            self.emitted.push(Emitted {
                 ws,
                 event,
                 json: body,
             });
         }
         match next {
-            Some(due) => tx
-                .prepare_cached(
-                    // An unchanged timer (the usual case) is not written again.
-                    "INSERT INTO segment_timers (ws, profile, due) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (ws, profile) DO UPDATE SET due = excluded.due WHERE due != excluded.due",
-                )?
-                .execute(params![ws, profile, due])?,
-            None => tx
-                .prepare_cached("DELETE FROM segment_timers WHERE ws = ?1 AND profile = ?2")?
-                .execute(params![ws, profile])?,
-        };
+        Some(due) => tx
+            .prepare_cached(
+                // An unchanged timer (the usual case) is not written again.
+                "INSERT INTO segment_timers (ws, profile, due) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (ws, profile) DO UPDATE SET due = excluded.due WHERE due != excluded.due",
+            )?
+            .execute(params![ws, profile, due])?,
+        None => tx
+            .prepare_cached("DELETE FROM segment_timers WHERE ws = ?1 AND profile = ?2")?
+            .execute(params![ws, profile])?,
+    };
+        Ok(())
     }
+}
+
+/// Evaluates up to `limit` queued profiles at `now` (those of a backfill, of a due timer) and records the
+/// membership changes.
+pub(crate) fn decide(
+    conn: &mut Connection,
+    now: Millis,
+    limit: usize,
+) -> Result<Decided, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'decisions'",
-        [decisions],
+        "INSERT OR IGNORE INTO pending_evaluations (ws, profile) SELECT ws, profile FROM segment_timers WHERE due <= ?1",
+        [now],
     )?;
+    tx.execute("DELETE FROM segment_timers WHERE due <= ?1", [now])?;
+    let queued: Vec<(i64, i64)> = tx
+        .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
+        .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut decider = Decider::new(&tx, now)?;
+    for (ws, profile) in queued {
+        tx.prepare_cached("DELETE FROM pending_evaluations WHERE ws = ?1 AND profile = ?2")?
+            .execute(params![ws, profile])?;
+        decider.evaluate(ws, profile, None)?;
+    }
+    let emitted = decider.finish()?;
     let remaining: i64 = tx.query_row(
         "SELECT COUNT(*) FROM (SELECT 1 FROM pending_evaluations LIMIT ?1)",
         [COUNTED_UP_TO],
@@ -281,4 +355,153 @@ pub(crate) fn decide(
     )?;
     tx.commit()?;
     Ok(Decided { emitted, remaining })
+}
+
+/// Evaluates at `now`, inside the transaction that applied their events, the profiles those events touched
+/// (or, more than [`IN_STEP`] of them, queues them for the decision passes); `body` gives the stored body of an
+/// event of that transaction by its log position.
+pub(crate) fn decide_touched<'b>(
+    tx: &Connection,
+    now: Millis,
+    touched: BTreeMap<(i64, i64), Touched>,
+    body: impl Fn(Seq) -> Option<&'b str>,
+) -> Result<Vec<Emitted>, StoreError> {
+    if touched.is_empty() {
+        return Ok(Vec::new());
+    }
+    if touched.len() > IN_STEP {
+        let mut queue = tx.prepare_cached(
+            "INSERT OR IGNORE INTO pending_evaluations (ws, profile) VALUES (?1, ?2)",
+        )?;
+        for (ws, profile) in touched.keys() {
+            queue.execute(params![ws, profile])?;
+        }
+        return Ok(Vec::new());
+    }
+    let mut decider = Decider::new(tx, now)?;
+    for ((ws, profile), t) in touched {
+        let events = t
+            .track
+            .iter()
+            .map(|&seq| {
+                body(seq).map(|b| (seq, b)).ok_or_else(|| {
+                    StoreError::Corrupt(format!("event {seq} is not in the transaction"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let fresh = Fresh {
+            before: t.before,
+            events,
+        };
+        decider.evaluate(ws, profile, Some(fresh))?;
+    }
+    decider.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{params, Connection};
+
+    use super::{digest_events, load_defs, Fresh};
+    use crate::schema::{migrate, LOG_MIGRATIONS, PROJECTION_MIGRATIONS};
+
+    const DAY: i64 = 86_400_000;
+
+    fn body(seq: i64) -> String {
+        format!(
+            r#"{{"event":"Viewed","timestamp":{},"properties":{{"sku":"s{seq}"}}}}"#,
+            seq * DAY
+        )
+    }
+
+    /// A person (profile 7 of workspace 1) with `on_timeline` track events in the log and on their timeline,
+    /// a segment reading them, and a digest made up to event `digested`.
+    fn person(dir: &std::path::Path, on_timeline: i64, digested: i64) -> Connection {
+        let mut log = Connection::open(dir.join("log.db")).unwrap();
+        migrate(&mut log, LOG_MIGRATIONS).unwrap();
+        let mut conn = Connection::open(dir.join("projections.db")).unwrap();
+        migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
+        conn.execute(
+            "ATTACH DATABASE ?1 AS log",
+            [dir.join("log.db").to_str().unwrap()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO segments (ws, id, name, definition, version, created_at, updated_at)
+             VALUES (1, 'seg_1', 'viewers', 'count of \"Viewed\" in last 30 days >= 1', 1, 0, 0)",
+            [],
+        )
+        .unwrap();
+        for seq in 1..=on_timeline {
+            log.execute(
+                "INSERT INTO events (seq, ws, message_id, type, name, ts, received_at, body)
+                 VALUES (?1, 1, ?2, 'track', 'Viewed', ?3, ?3, ?4)",
+                params![seq, format!("m{seq}"), seq * DAY, body(seq)],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO timeline (ws, profile, ts, seq) VALUES (1, 7, ?1, ?2)",
+                params![seq * DAY, seq],
+            )
+            .unwrap();
+        }
+        let defs = load_defs(&conn, 1).unwrap();
+        let mut digest = seam_audiences::digest::Digest::default();
+        for seq in 1..=digested {
+            defs.needs.admit(
+                &mut digest,
+                seq,
+                "Viewed",
+                seq * DAY,
+                &serde_json::from_value(serde_json::json!({"sku": format!("s{seq}")})).unwrap(),
+            );
+        }
+        conn.execute(
+            "INSERT INTO digests (ws, profile, needs, upto, body) VALUES (1, 7, ?1, ?2, ?3)",
+            params![
+                defs.needs_fp,
+                digested,
+                serde_json::to_string(&digest).unwrap()
+            ],
+        )
+        .unwrap();
+        conn
+    }
+
+    fn times(conn: &Connection, fresh: Fresh<'_>) -> Vec<i64> {
+        let defs = load_defs(conn, 1).unwrap();
+        digest_events(conn, &defs, 1, 7, 10 * DAY, Some(fresh))
+            .unwrap()
+            .iter()
+            .map(|e| e.at / DAY)
+            .collect()
+    }
+
+    /// A digest that has seen every earlier track event of the person takes the transaction's own events and
+    /// does not read the timeline (event 3 is not on it here, so only the fresh events can bring it).
+    #[test]
+    fn a_digest_up_to_date_takes_the_fresh_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = person(dir.path(), 2, 2);
+        let third = body(3);
+        let fresh = Fresh {
+            before: 2,
+            events: vec![(3, third.as_str())],
+        };
+        assert_eq!(times(&conn, fresh), [1, 2, 3]);
+    }
+
+    /// A digest behind the person (events applied while nothing read them, say, with the same definitions
+    /// back later) is brought up to date from the timeline: the fresh events alone would miss event 2.
+    #[test]
+    fn a_digest_behind_the_person_reads_the_timeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = person(dir.path(), 3, 1);
+        let third = body(3);
+        let fresh = Fresh {
+            before: 2,
+            events: vec![(3, third.as_str())],
+        };
+        assert_eq!(times(&conn, fresh), [1, 2, 3]);
+    }
 }

@@ -450,7 +450,9 @@ pub fn rebuild(data_dir: &Path) -> Result<u64, StoreError> {
     while projector.applied_seq < max_seq {
         // System events decided again are already in the log (found there later in the replay), so they are
         // not appended; any never appended stay in the outbox for the next `seam serve` to append.
-        total += projector.step(max_seq)?.applied as u64;
+        total += projector
+            .step(max_seq, &seam_core::clock::SystemClock)?
+            .applied as u64;
     }
     projector.queue_everyone()?;
     Ok(total)

@@ -7,7 +7,7 @@
 //! through the log, it goes on the timeline and leaves the outbox.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -82,13 +82,25 @@ pub(crate) struct Processor {
     returned: usize,
     /// Membership decisions are made for events after this log position (older ones are replayed).
     decide_after: Seq,
-    /// Whether each workspace has any segment or computed trait (then touched profiles are queued for
-    /// evaluation).
+    /// Whether each workspace has any segment or computed trait (then touched profiles are evaluated).
     has_segments: HashMap<i64, bool>,
+    /// Live profiles the events of this transaction touched in workspaces with segments: evaluated (or, in a
+    /// backlog, queued) before it commits (see `decide::decide_touched`).
+    touched: BTreeMap<(i64, i64), Touched>,
     /// Whether each workspace has an active journey (then events are queued for the journeys).
     has_journeys: HashMap<i64, bool>,
     /// Whether each workspace has an active date-triggered journey (then trait changes are planned).
     has_date_journeys: HashMap<i64, bool>,
+}
+
+/// A profile touched in this transaction, to be evaluated against its segments before the commit.
+#[derive(Debug, Default)]
+pub(crate) struct Touched {
+    /// The person's latest track event before this transaction (`ProfileState::last_track_seq`): a digest
+    /// made up to it has seen every earlier event, and then `track` is all it lacks.
+    pub before: Seq,
+    /// Log positions of the track events applied to the person in this transaction.
+    pub track: Vec<Seq>,
 }
 
 /// Whether the workspace has something (`sql` answers for `?1` = ws), remembered in `cache` until the
@@ -266,6 +278,7 @@ impl Processor {
             returned: 0,
             decide_after: Seq::MAX,
             has_segments: HashMap::new(),
+            touched: BTreeMap::new(),
             has_journeys: HashMap::new(),
             has_date_journeys: HashMap::new(),
         }
@@ -276,13 +289,16 @@ impl Processor {
         self.decide_after = seq;
     }
 
-    /// Queues a live profile for segment evaluation, when the workspace has segments and the event is live.
+    /// Marks a live profile for segment evaluation in this transaction, when the workspace has segments and
+    /// the event is live. `before` is the person's latest track event before this one.
     fn queue_evaluation(
         &mut self,
         conn: &Connection,
         seq: Seq,
         ws: i64,
         profile: i64,
+        before: Seq,
+        track: bool,
     ) -> Result<(), StoreError> {
         if seq <= self.decide_after {
             return Ok(());
@@ -295,12 +311,20 @@ impl Processor {
                  OR EXISTS (SELECT 1 FROM computed_trait_defs WHERE ws = ?1)",
         )?;
         if has {
-            conn.prepare_cached(
-                "INSERT OR IGNORE INTO pending_evaluations (ws, profile) VALUES (?1, ?2)",
-            )?
-            .execute(params![ws, profile])?;
+            let t = self.touched.entry((ws, profile)).or_insert(Touched {
+                before,
+                track: Vec::new(),
+            });
+            if track {
+                t.track.push(seq);
+            }
         }
         Ok(())
+    }
+
+    /// The profiles touched since the last call, to evaluate before the transaction commits.
+    pub(crate) fn take_touched(&mut self) -> BTreeMap<(i64, i64), Touched> {
+        std::mem::take(&mut self.touched)
     }
 
     /// Queues a live event of a profile for the journeys, when the workspace has a journey that runs or ran
@@ -373,8 +397,11 @@ impl Processor {
         };
         self.apply_resolution(conn, seq, ws, event, &r)?;
         let profile = key(&r.profile);
-        self.state(conn, ws, profile)?.apply(event, seq);
-        self.queue_evaluation(conn, seq, ws, profile)?;
+        let state = self.state(conn, ws, profile)?;
+        let before = state.last_track_seq;
+        state.apply(event, seq);
+        let track = event.kind == EventType::Track;
+        self.queue_evaluation(conn, seq, ws, profile, before, track)?;
         if event.kind == EventType::Track && event.event.as_deref() == Some("Message Bounced") {
             crate::deliveries::suppress_bounced(conn, ws, profile, event)?;
         }
@@ -687,6 +714,7 @@ impl Processor {
         self.emitted.clear();
         self.returned = 0;
         self.has_segments.clear();
+        self.touched.clear();
     }
 }
 

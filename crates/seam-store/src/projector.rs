@@ -228,8 +228,14 @@ impl Projector {
         Ok(())
     }
 
-    /// Applies the events after `applied_seq` up to `until`, at most `MAX_CHUNK`, in one transaction.
-    pub(crate) fn step(&mut self, until: Seq) -> Result<Step, StoreError> {
+    /// Applies the events after `applied_seq` up to `until`, at most `MAX_CHUNK`, in one transaction, and
+    /// decides the segments of the profiles they touched in the same transaction, at the time read once the
+    /// events are applied.
+    pub(crate) fn step(
+        &mut self,
+        until: Seq,
+        clock: &dyn seam_core::Clock,
+    ) -> Result<Step, StoreError> {
         let mut stmt = self.log.prepare_cached(
             "SELECT seq, ws, body, received_at FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
         )?;
@@ -255,16 +261,24 @@ impl Projector {
                 self.processor.apply(&tx, *seq, *ws, &event)?;
             }
             self.processor.flush(&tx)?;
+            let body = |seq: Seq| {
+                rows.binary_search_by_key(&seq, |r| r.0)
+                    .ok()
+                    .map(|i| rows[i].2.as_str())
+            };
+            let touched = self.processor.take_touched();
+            let decided = crate::decide::decide_touched(&tx, clock.now_ms(), touched, body)?;
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'applied_seq'",
                 [last],
             )?;
-            Ok::<_, StoreError>(())
+            Ok::<_, StoreError>(decided)
         })();
-        match result.and_then(|()| tx.commit().map_err(StoreError::from)) {
-            Ok(()) => {
+        match result.and_then(|decided| tx.commit().map(|()| decided).map_err(StoreError::from)) {
+            Ok(decided) => {
                 self.applied_seq = last;
-                let (emitted, returned) = self.processor.take_emitted();
+                let (mut emitted, returned) = self.processor.take_emitted();
+                emitted.extend(decided);
                 Ok(Step {
                     emitted,
                     returned,
@@ -359,7 +373,7 @@ impl Projector {
                 .map_err(|_| StoreError::Closed)
         };
         if log_seq > self.applied_seq {
-            let step = self.step(log_seq)?;
+            let step = self.step(log_seq, clock)?;
             stats.applied_seq.store(self.applied_seq, Ordering::SeqCst);
             stats
                 .applied_received_at

@@ -310,7 +310,19 @@ pub(crate) fn track_events(
         "SELECT t.seq, e.body FROM {proj}.timeline t JOIN {log}.events e ON e.seq = t.seq
          WHERE t.ws = ?1 AND t.profile = ?2 AND t.seq > ?3 AND e.type = 'track' ORDER BY t.ts, t.seq"
     ))?;
-    /// What evaluation reads of a stored event; the rest (context, identifiers) is skipped unparsed.
+    let mut events = Vec::new();
+    let rows = stmt.query_map(params![ws.0, k, after], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    for row in rows {
+        let (seq, body) = row?;
+        events.push((seq, tracked(&body)?));
+    }
+    Ok(events)
+}
+
+/// What evaluation reads of a stored track event; the rest (context, identifiers) is skipped unparsed.
+pub(crate) fn tracked(body: &str) -> Result<PersonEvent, StoreError> {
     #[derive(serde::Deserialize)]
     struct Tracked {
         #[serde(default)]
@@ -319,23 +331,12 @@ pub(crate) fn track_events(
         #[serde(default)]
         properties: Map<String, Value>,
     }
-    let mut events = Vec::new();
-    let rows = stmt.query_map(params![ws.0, k, after], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-    })?;
-    for row in rows {
-        let (seq, body) = row?;
-        let e: Tracked = serde_json::from_str(&body)?;
-        events.push((
-            seq,
-            PersonEvent {
-                name: e.event,
-                at: e.timestamp,
-                properties: e.properties,
-            },
-        ));
-    }
-    Ok(events)
+    let e: Tracked = serde_json::from_str(body)?;
+    Ok(PersonEvent {
+        name: e.event,
+        at: e.timestamp,
+        properties: e.properties,
+    })
 }
 
 /// A profile's computed trait values, by name.
