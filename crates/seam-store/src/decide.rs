@@ -244,17 +244,17 @@ impl<'t> Decider<'t> {
                 match value {
                     Some(v) => {
                         tx.prepare_cached(
-                        // Like the timer below: an unchanged value is not written again.
-                        "INSERT INTO computed_traits (ws, profile, name, value) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (ws, profile, name) DO UPDATE SET value = excluded.value
-                         WHERE value != excluded.value",
-                    )?
-                    .execute(params![ws, profile, name, v.to_string()])?;
+                            // Like the timer below: an unchanged value is not written again.
+                            "INSERT INTO computed_traits (ws, profile, name, value) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (ws, profile, name) DO UPDATE SET value = excluded.value
+                             WHERE value != excluded.value",
+                        )?
+                        .execute(params![ws, profile, name, v.to_string()])?;
                         values.insert(name.clone(), v);
                     }
                     None => {
                         tx.prepare_cached("DELETE FROM computed_traits WHERE ws = ?1 AND profile = ?2 AND name = ?3")?
-                        .execute(params![ws, profile, name])?;
+                            .execute(params![ws, profile, name])?;
                     }
                 }
             }
@@ -273,7 +273,7 @@ impl<'t> Decider<'t> {
             let kind = match (member, current.contains(id)) {
                 (true, false) => {
                     tx.prepare_cached("INSERT INTO memberships (ws, segment, profile, since) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![ws, id, profile, now])?;
+                        .execute(params![ws, id, profile, now])?;
                     EventType::SegmentEntered
                 }
                 (false, true) => {
@@ -309,17 +309,17 @@ impl<'t> Decider<'t> {
             });
         }
         match next {
-        Some(due) => tx
-            .prepare_cached(
-                // An unchanged timer (the usual case) is not written again.
-                "INSERT INTO segment_timers (ws, profile, due) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (ws, profile) DO UPDATE SET due = excluded.due WHERE due != excluded.due",
-            )?
-            .execute(params![ws, profile, due])?,
-        None => tx
-            .prepare_cached("DELETE FROM segment_timers WHERE ws = ?1 AND profile = ?2")?
-            .execute(params![ws, profile])?,
-    };
+            Some(due) => tx
+                .prepare_cached(
+                    // An unchanged timer (the usual case) is not written again.
+                    "INSERT INTO segment_timers (ws, profile, due) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (ws, profile) DO UPDATE SET due = excluded.due WHERE due != excluded.due",
+                )?
+                .execute(params![ws, profile, due])?,
+            None => tx
+                .prepare_cached("DELETE FROM segment_timers WHERE ws = ?1 AND profile = ?2")?
+                .execute(params![ws, profile])?,
+        };
         Ok(())
     }
 }
