@@ -169,6 +169,7 @@ struct Shared {
     wakeup: Arc<projector::Wakeup>,
     writer: Mutex<Option<JoinHandle<()>>>,
     projector: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<writer::Checkpointer>>,
 }
 
 impl Drop for Shared {
@@ -257,10 +258,10 @@ impl Store {
             delivery,
         )?
         .start(tx.clone(), wakeup.clone(), stats.clone(), applied_tx, clock)?;
-        writer::start_checkpointer(
+        let checkpointer = writer::Checkpointer::start(
             vec![data_dir.join(DB_FILE), data_dir.join(PROJECTIONS_FILE)],
             Arc::downgrade(&stats),
-        );
+        )?;
         let shared = Shared {
             dir: data_dir.to_path_buf(),
             tx: Mutex::new(Some(tx)),
@@ -272,6 +273,7 @@ impl Store {
             wakeup,
             writer: Mutex::new(Some(writer)),
             projector: Mutex::new(Some(projector)),
+            checkpointer: Mutex::new(Some(checkpointer)),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -409,7 +411,8 @@ impl Store {
         out
     }
 
-    /// Stops the projector, stops taking appends, lets the writer finish what it holds, and waits for both.
+    /// Stops the projector, stops taking appends, lets the writer finish what it holds, and waits for both and for
+    /// the WAL checkpointer.
     pub fn shutdown(&self) {
         self.shared.wakeup.stop();
         if let Some(handle) = self.shared.projector.lock().expect("projector lock").take() {
@@ -418,6 +421,15 @@ impl Store {
         self.shared.tx.lock().expect("sender lock").take();
         if let Some(handle) = self.shared.writer.lock().expect("writer lock").take() {
             let _ = handle.join();
+        }
+        if let Some(checkpointer) = self
+            .shared
+            .checkpointer
+            .lock()
+            .expect("checkpointer lock")
+            .take()
+        {
+            checkpointer.stop();
         }
     }
 }

@@ -147,24 +147,49 @@ fn append(tx: &Transaction<'_>, ws: i64, r: &LogRow) -> Result<Option<Seq>, Stor
     Ok((n == 1).then(|| tx.last_insert_rowid()))
 }
 
-/// Moves the WAL of `path` into the database file every second without blocking its writer; stops when `alive`
-/// is gone.
-pub(crate) fn start_checkpointer(paths: Vec<std::path::PathBuf>, alive: std::sync::Weak<Stats>) {
-    let _ = std::thread::Builder::new()
-        .name("seam-checkpoint".into())
-        .spawn(move || {
-            let conns: Vec<Connection> = paths
-                .iter()
-                .filter_map(|p| Connection::open(p).ok())
-                .collect();
-            while alive.upgrade().is_some() {
-                std::thread::park_timeout(std::time::Duration::from_secs(1));
-                for conn in &conns {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(error = %e, "wal checkpoint failed");
+/// The thread that moves the WAL of each database into its file every second without blocking the writer.
+pub(crate) struct Checkpointer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing `paths`; the thread ends when `alive` is gone or [`Checkpointer::stop`] is called.
+    pub(crate) fn start(
+        paths: Vec<std::path::PathBuf>,
+        alive: std::sync::Weak<Stats>,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("seam-checkpoint".into())
+            .spawn(move || {
+                let conns: Vec<Connection> = paths
+                    .iter()
+                    .filter_map(|p| Connection::open(p).ok())
+                    .collect();
+                loop {
+                    std::thread::park_timeout(std::time::Duration::from_secs(1));
+                    if stopped.load(Ordering::SeqCst) || alive.upgrade().is_none() {
+                        break;
+                    }
+                    for conn in &conns {
+                        if let Err(e) =
+                            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                        {
+                            tracing::warn!(error = %e, "wal checkpoint failed");
+                        }
                     }
                 }
-            }
-        });
+            })?;
+        Ok(Self { stop, handle })
+    }
+
+    /// Stops the thread and waits until its connections are closed, so that nothing touches the data folder's
+    /// files once the store is shut down.
+    pub(crate) fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.thread().unpark();
+        let _ = self.handle.join();
+    }
 }
