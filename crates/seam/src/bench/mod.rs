@@ -230,6 +230,40 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// Runs of more events than this hold their batch bodies deflated (20 million events take about 18 GB as text)
+/// and inflate each just before sending it, outside the timed part of the request.
+const HELD_PLAIN_UP_TO: usize = 2_000_000;
+
+/// One batch body of the load, as sent or deflated.
+enum Held {
+    Plain(Vec<u8>),
+    Deflated(Vec<u8>),
+}
+
+impl Held {
+    fn new(body: Vec<u8>, deflate: bool) -> Self {
+        if !deflate {
+            return Self::Plain(body);
+        }
+        use std::io::Write;
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&body).expect("deflate into memory");
+        Self::Deflated(z.finish().expect("deflate into memory"))
+    }
+
+    fn bytes(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Self::Plain(r) => Ok(std::borrow::Cow::Borrowed(r)),
+            Self::Deflated(z) => {
+                use std::io::Read;
+                let mut r = Vec::with_capacity(z.len() * 8);
+                flate2::read::DeflateDecoder::new(&z[..]).read_to_end(&mut r)?;
+                Ok(std::borrow::Cow::Owned(r))
+            }
+        }
+    }
+}
+
 /// `seam bench ingest`.
 pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
     let temp;
@@ -246,10 +280,13 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
     );
     let start_ms = SystemClock.now_ms() - 30 * 86_400_000;
     let mut shop = shop::Shop::new(args.people, args.seed, start_ms);
-    let mut events = shop.events(args.events);
-    events.truncate(args.events);
-    let bodies = Arc::new(shop::batches(&events, args.batch));
-    drop(events);
+    let deflate = args.events > HELD_PLAIN_UP_TO;
+    let bodies: Arc<Vec<Held>> = Arc::new(shop::batch_bodies(
+        &mut shop,
+        args.events,
+        args.batch,
+        |b| Held::new(b, deflate),
+    ));
 
     let server = match (&args.url, &args.write_key) {
         (Some(url), Some(key)) => ServerProcess {
@@ -269,39 +306,27 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
         eprintln!("{n} segments defined");
     }
     let host = server.base.trim_start_matches("http://").to_owned();
-    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
-        bodies
-            .iter()
-            .map(|b| {
-                let mut r = format!(
-                    "POST /v1/batch HTTP/1.1\r\nHost: {host}\r\nX-Write-Key: {}\r\n\
-                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    server.write_key,
-                    b.len()
-                )
-                .into_bytes();
-                r.extend_from_slice(b);
-                r
-            })
-            .collect(),
+    let batches = bodies.len();
+    let head = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: {host}\r\nX-Write-Key: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: ",
+        server.write_key
     );
     let next = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicUsize::new(0));
     eprintln!(
         "sending {} batches of {} with {} in flight…",
-        bodies.len(),
-        args.batch,
-        args.concurrency
+        batches, args.batch, args.concurrency
     );
-    drop(bodies);
     let clock = Stopwatch::start();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (requests, next, retries, host) = (
-            requests.clone(),
+        let (bodies, next, retries, host, head) = (
+            bodies.clone(),
             next.clone(),
             retries.clone(),
             host.clone(),
+            head.clone(),
         );
         let (rate, batch) = (args.rate, args.batch);
         tasks.push(tokio::spawn(async move {
@@ -309,7 +334,7 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
             let mut latencies: Vec<u32> = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= requests.len() {
+                if i >= bodies.len() {
                     break;
                 }
                 if let Some(rate) = rate {
@@ -319,9 +344,12 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
                         tokio::time::sleep(due - elapsed).await;
                     }
                 }
+                let body = bodies[i].bytes()?;
+                let mut request = format!("{head}{}\r\n\r\n", body.len()).into_bytes();
+                request.extend_from_slice(&body);
                 loop {
                     let t = Stopwatch::start();
-                    let status = conn.send(&requests[i]).await?;
+                    let status = conn.send(&request).await?;
                     if status == 503 || status == 429 {
                         retries.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -337,7 +365,7 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
             Ok::<_, anyhow::Error>(latencies)
         }));
     }
-    let mut latencies = Vec::with_capacity(requests.len());
+    let mut latencies = Vec::with_capacity(batches);
     for t in tasks {
         latencies.extend(t.await??);
     }

@@ -327,6 +327,49 @@ impl Shop {
     }
 }
 
+/// Batch bodies (`{"batch": [...]}`) of exactly `total` events of `shop`, `size` to a batch, generated a chunk at
+/// a time so that only what `keep` makes of each body is held (the generated values take several times the size
+/// of their text).
+pub fn batch_bodies<T>(
+    shop: &mut Shop,
+    total: usize,
+    size: usize,
+    keep: impl FnMut(Vec<u8>) -> T,
+) -> Vec<T> {
+    batch_bodies_by(shop, total, size, 100_000, keep)
+}
+
+fn batch_bodies_by<T>(
+    shop: &mut Shop,
+    total: usize,
+    size: usize,
+    chunk: usize,
+    mut keep: impl FnMut(Vec<u8>) -> T,
+) -> Vec<T> {
+    let size = size.max(1);
+    let mut bodies = Vec::with_capacity(total.div_ceil(size));
+    let mut pending: Vec<GenEvent> = Vec::new();
+    let mut made = 0;
+    while made < total {
+        let want = chunk.max(size).min(total - made);
+        if pending.len() < want {
+            pending.extend(shop.events(want - pending.len()));
+        }
+        // Whole batches only, but the last batch of the run may be short.
+        let left = total - made;
+        let take = if pending.len() >= left {
+            left
+        } else {
+            pending.len() / size * size
+        };
+        let rest = pending.split_off(take);
+        bodies.extend(batches(&pending, size).into_iter().map(&mut keep));
+        made += take;
+        pending = rest;
+    }
+    bodies
+}
+
 /// Batch bodies (`{"batch": [...]}`) of `size` events each.
 pub fn batches(events: &[GenEvent], size: usize) -> Vec<Vec<u8>> {
     events
@@ -348,5 +391,19 @@ mod tests {
             }
         }
         assert_eq!(seam_audiences::EXAMPLES.len() + super::SEGMENTS.len(), 20);
+    }
+
+    #[test]
+    fn bodies_made_a_chunk_at_a_time_are_those_of_the_whole_run() {
+        let mut whole = super::Shop::new(50, 3, 0);
+        let mut events = whole.events(5_123);
+        events.truncate(5_123);
+        let expected = super::batches(&events, 100);
+        for chunk in [1, 99, 1_000, 10_000] {
+            let mut shop = super::Shop::new(50, 3, 0);
+            let bodies = super::batch_bodies_by(&mut shop, 5_123, 100, chunk, |b| b);
+            assert_eq!(bodies.len(), 52, "chunk {chunk}");
+            assert!(bodies == expected, "chunk {chunk}");
+        }
     }
 }
