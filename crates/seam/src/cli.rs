@@ -86,6 +86,11 @@ pub struct SegmentsBench {
     /// person evaluated against each): 1 to 20.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
     pub segments: u16,
+    /// Run on this data folder (kept afterwards) rather than a fresh temporary one. When it holds segments
+    /// already (left by `bench ingest --segments 20 --data DIR`, say), those stay active, only the measured
+    /// segment is added (and backfilled before the load starts) and `--segments` is not used.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -173,7 +173,7 @@ async fn offer(
 pub struct SegmentsReport {
     pub rate: usize,
     pub people: usize,
-    pub segments: u16,
+    pub segments: usize,
     pub entered_p50_ms: f64,
     pub entered_p99_ms: f64,
     pub entered_max_ms: f64,
@@ -187,22 +187,54 @@ const MEASURED: &str = "seg_new";
 /// decision time (the start of the projector pass that decided it).
 pub async fn segments(args: crate::cli::SegmentsBench) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
-    let data = temp.path().join("data");
+    let data = match &args.data {
+        Some(d) => d.clone(),
+        None => temp.path().join("data"),
+    };
     let t0 = SystemClock.now_ms();
     seam_store::workspace::init_data_dir(&data, t0)?;
     let store = Store::open(&data, StoreOptions::default(), Arc::new(SystemClock))?;
     let ws = WorkspaceKey(1);
+    let existing = store.definitions(ws, DefinitionKind::Segment)?.len();
+    let first = seam_store::ProfileRef::Identifier(Identifier::new(
+        IdentifierType::builtin(IdentifierType::USER_ID),
+        "u0".to_owned(),
+    ));
+    if store.resolve(ws, &first)?.is_some() {
+        anyhow::bail!(
+            "{} holds the people of an earlier `bench segments` run; measure on a folder without them",
+            data.display()
+        );
+    }
     let definition = r#"count of "Signed Up" in last 1 days >= 1"#;
+    if existing > 0 {
+        eprintln!("backfilling the measured segment over the folder's profiles…");
+    }
+    let backfill = Stopwatch::start();
+    // Returns once the definition is applied and every profile evaluated against it.
     store
         .define(ws, DefinitionKind::Segment, MEASURED, "New", definition, t0)
         .await?;
+    if existing > 0 {
+        let (profiles, _) = store.evaluation_progress(ws)?;
+        eprintln!(
+            "backfilled over {profiles} profiles in {:.1} s",
+            backfill.elapsed().as_secs_f64()
+        );
+    }
     let others = seam_audiences::EXAMPLES.iter().chain(super::shop::SEGMENTS);
-    for (i, (name, definition)) in others.take(usize::from(args.segments) - 1).enumerate() {
+    let more = if existing == 0 {
+        usize::from(args.segments) - 1
+    } else {
+        0
+    };
+    for (i, (name, definition)) in others.take(more).enumerate() {
         let id = format!("seg_other_{i}");
         store
             .define(ws, DefinitionKind::Segment, &id, name, definition, t0)
             .await?;
     }
+    let segments = store.definitions(ws, DefinitionKind::Segment)?.len();
     let acked = offer(&store, ws, args.rate, args.secs).await?;
     let mut ms = Vec::with_capacity(acked.len());
     for (u, ack) in acked.iter().enumerate() {
@@ -230,7 +262,7 @@ pub async fn segments(args: crate::cli::SegmentsBench) -> anyhow::Result<()> {
     let (p50, p99, max) = percentiles(ms);
     let r = SegmentsReport {
         rate: args.rate,
-        segments: args.segments,
+        segments,
         people: acked.len(),
         entered_p50_ms: p50,
         entered_p99_ms: p99,
