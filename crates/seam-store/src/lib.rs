@@ -257,6 +257,14 @@ impl Store {
             rules.clone(),
             delivery,
         )?
+        .truncating_log_wal(
+            {
+                let c = open_connection(&data_dir.join(DB_FILE), false)?;
+                c.busy_timeout(writer::TRUNCATE_WAIT)?;
+                c
+            },
+            data_dir.join(format!("{DB_FILE}-wal")),
+        )
         .start(tx.clone(), wakeup.clone(), stats.clone(), applied_tx, clock)?;
         let checkpointer = writer::Checkpointer::start(
             vec![data_dir.join(DB_FILE), data_dir.join(PROJECTIONS_FILE)],

@@ -150,6 +150,9 @@ pub(crate) struct Projector {
     processor: Processor,
     pub(crate) applied_seq: Seq,
     delivery: crate::journeys::Delivery,
+    /// A writable connection on the log and the path of its WAL, for truncating it between passes: the
+    /// projector reads the log nearly all the time, so between its own passes is when no reader holds the WAL.
+    log_wal: Option<(Connection, std::path::PathBuf)>,
 }
 
 impl Projector {
@@ -193,7 +196,14 @@ impl Projector {
             processor,
             applied_seq,
             delivery,
+            log_wal: None,
         })
+    }
+
+    /// Truncates the log's WAL (see `writer::truncate_past`) between passes, through `conn`.
+    pub(crate) fn truncating_log_wal(mut self, conn: Connection, wal: std::path::PathBuf) -> Self {
+        self.log_wal = Some((conn, wal));
+        self
     }
 
     /// One decision pass: segments and computed traits of the queued profiles (see `decide`), then journey
@@ -335,7 +345,15 @@ impl Projector {
                 while let Some((log_seq, poke)) = wakeup.wait(self.applied_seq, seen_poke, &mut self.processor) {
                     seen_poke = poke;
                     match self.pass(log_seq, &to_writer, &stats, clock.as_ref()) {
-                        Ok(()) => failures = 0,
+                        Ok(()) => {
+                            failures = 0;
+                            if let Some((conn, wal)) = &self.log_wal {
+                                let limit = crate::writer::WAL_TRUNCATED_ABOVE;
+                                if let Err(e) = crate::writer::truncate_past(conn, wal, limit) {
+                                    tracing::warn!(error = %e, "truncating the log's WAL failed");
+                                }
+                            }
+                        }
                         Err(e) => {
                             failures += 1;
                             tracing::error!(error = %e, failures, "applying events to projections failed; will retry");

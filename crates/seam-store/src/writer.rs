@@ -148,9 +148,9 @@ fn append(tx: &Transaction<'_>, ws: i64, r: &LogRow) -> Result<Option<Seq>, Stor
 }
 
 /// A WAL file larger than this is truncated once its frames are in the database file.
-const WAL_TRUNCATED_ABOVE: u64 = 256 << 20;
+pub(crate) const WAL_TRUNCATED_ABOVE: u64 = 256 << 20;
 /// How long a truncation waits for readers to finish before it gives up until the next second.
-const TRUNCATE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const TRUNCATE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Moves what it can of the WAL `wal` of `conn`'s database into the database file without blocking the writer.
 /// That never shrinks the WAL file, and while the writer appends and readers keep reading (the projector
@@ -164,6 +164,16 @@ pub(crate) fn checkpoint(
     limit: u64,
 ) -> rusqlite::Result<()> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    truncate_past(conn, wal, limit)
+}
+
+/// Truncates the WAL `wal` of `conn`'s database when it is larger than `limit` bytes and no reader holds it
+/// (waiting for them as long as `conn`'s busy timeout).
+pub(crate) fn truncate_past(
+    conn: &Connection,
+    wal: &std::path::Path,
+    limit: u64,
+) -> rusqlite::Result<()> {
     let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
     if size > limit {
         let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
