@@ -184,7 +184,9 @@ const MEASURED: &str = "seg_new";
 
 /// `seam bench segments`: `rate` people a second sign up (identify + a tracked event), and a segment of those
 /// who signed up in the last day takes each in. Measured from each acknowledgement to the membership's
-/// decision time (the start of the projector pass that decided it).
+/// decision time (read once the projector transaction holding the events has applied them, or at the start of
+/// the decision pass for people queued behind a backlog). With `--data` on a folder that holds segments, those
+/// stay active and the measured one is added and backfilled first.
 pub async fn segments(args: crate::cli::SegmentsBench) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let data = match &args.data {
