@@ -54,6 +54,28 @@ pub enum Expr {
     },
 }
 
+impl Expr {
+    /// The segments this expression refers to by name (`in segment "…"`), directly, in order of appearance.
+    pub fn references(&self) -> Vec<&str> {
+        fn walk<'e>(e: &'e Expr, out: &mut Vec<&'e str>) {
+            match e {
+                Expr::And { args } | Expr::Or { args } => args.iter().for_each(|a| walk(a, out)),
+                Expr::Not { arg } => walk(arg, out),
+                Expr::ForSome { expr, .. } => walk(expr, out),
+                Expr::InSegment { segment } => out.push(segment),
+                Expr::Trait { .. }
+                | Expr::Has { .. }
+                | Expr::Consent { .. }
+                | Expr::Compare { .. }
+                | Expr::Sequence { .. } => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &mut out);
+        out
+    }
+}
+
 /// A test of one value (a trait, or an event property in a filter).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "test", rename_all = "snake_case")]

@@ -72,6 +72,21 @@ impl Needs {
         self.events.is_empty() && self.items.is_empty()
     }
 
+    /// Whether an event of this name may be admitted (every event may, when a definition ranges over the
+    /// values of a property with `for some`).
+    pub fn reads(&self, name: &str) -> bool {
+        !self.items.is_empty() || self.events.contains_key(name)
+    }
+
+    /// Whether the property `property` of an event named `name` may be kept (see [`Needs::admit`]).
+    pub fn keeps(&self, name: &str, property: &str) -> bool {
+        self.items.contains(property)
+            || self
+                .events
+                .get(name)
+                .is_some_and(|n| n.properties.contains(property))
+    }
+
     /// A fingerprint of these needs (FNV-1a of their canonical form): a digest made under other needs is
     /// rebuilt, not used.
     pub fn fingerprint(&self) -> i64 {
@@ -105,10 +120,7 @@ impl Needs {
         }
         let kept: Map<String, Value> = properties
             .iter()
-            .filter(|(k, _)| {
-                self.items.contains(k.as_str())
-                    || need.is_some_and(|n| n.properties.contains(k.as_str()))
-            })
+            .filter(|(k, _)| self.keeps(name, k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let event = Kept {

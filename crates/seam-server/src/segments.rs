@@ -82,16 +82,6 @@ fn definition_of(body: &SegmentBody) -> Result<Expr, ApiError> {
     }
 }
 
-fn referenced(e: &Expr, out: &mut Vec<String>) {
-    match e {
-        Expr::And { args } | Expr::Or { args } => args.iter().for_each(|a| referenced(a, out)),
-        Expr::Not { arg } => referenced(arg, out),
-        Expr::ForSome { expr, .. } => referenced(expr, out),
-        Expr::InSegment { segment } => out.push(segment.clone()),
-        _ => {}
-    }
-}
-
 /// Every segment of the workspace, parsed, by name.
 fn parsed(all: &[DefinitionRecord]) -> HashMap<String, Expr> {
     all.iter()
@@ -119,8 +109,7 @@ fn check_references(
         ));
     }
     let defs = parsed(all);
-    let mut stack = vec![];
-    referenced(expr, &mut stack);
+    let mut stack: Vec<String> = expr.references().into_iter().map(str::to_owned).collect();
     let mut seen = HashSet::new();
     while let Some(r) = stack.pop() {
         if r == name {
@@ -136,7 +125,9 @@ fn check_references(
                     format!("refers to an unknown segment {r:?}"),
                 ))
             }
-            Some(e) if seen.insert(r.clone()) => referenced(e, &mut stack),
+            Some(e) if seen.insert(r.clone()) => {
+                stack.extend(e.references().into_iter().map(str::to_owned))
+            }
             Some(_) => {}
         }
     }
@@ -281,11 +272,7 @@ pub(crate) async fn delete(
     let users: Vec<String> = all
         .iter()
         .filter(|s| {
-            let mut refs = Vec::new();
-            parse(&s.definition)
-                .map(|e| referenced(&e, &mut refs))
-                .is_ok()
-                && refs.contains(&current.name)
+            parse(&s.definition).is_ok_and(|e| e.references().contains(&current.name.as_str()))
         })
         .map(|s| s.name.clone())
         .collect();

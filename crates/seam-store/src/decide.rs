@@ -3,8 +3,9 @@
 //! The profiles that the events of a projection transaction touched (when their workspace has segments) are
 //! evaluated in that same transaction, once its events are applied (`decide_touched`): their digests take the
 //! transaction's own track events, and the decisions commit with the events that caused them. A backlog (more
-//! than `IN_STEP` people in one transaction), a new or changed definition (the backfill: every live profile) and
-//! a due timer queue profiles in `pending_evaluations` instead, evaluated by the decision passes (`decide`).
+//! than `IN_STEP` people in one transaction), a new or changed computed trait (every live profile) and a due
+//! timer queue profiles in `pending_evaluations` instead, evaluated by the decision passes (`decide`). A new or
+//! changed segment is evaluated over everyone by `backfill`, set-at-a-time.
 //! Each change of membership is decided once: written to `memberships`, and as a `segment_entered` /
 //! `segment_exited` event to the outbox in the same transaction, from where the log writer appends it. For each
 //! profile the earliest instant at which time alone may change one of its segments is kept in `segment_timers`.
@@ -39,10 +40,10 @@ pub(crate) struct Decided {
     pub remaining: i64,
 }
 
-struct Defs {
-    library: Library,
+pub(crate) struct Defs {
+    pub library: Library,
     /// (id, name, definition) of each segment.
-    segments: Vec<(String, String, Expr)>,
+    pub segments: Vec<(String, String, Expr)>,
     /// (name, measure) of each computed trait.
     computed: Vec<(String, Metric)>,
     /// What they read of events, and its fingerprint.
@@ -50,7 +51,7 @@ struct Defs {
     needs_fp: i64,
 }
 
-fn load_defs(conn: &Connection, ws: i64) -> Result<Defs, StoreError> {
+pub(crate) fn load_defs(conn: &Connection, ws: i64) -> Result<Defs, StoreError> {
     let mut stmt =
         conn.prepare_cached("SELECT id, name, definition FROM segments WHERE ws = ?1 ORDER BY id")?;
     let rows = stmt.query_map([ws], |r| {
@@ -165,18 +166,17 @@ fn digest_events(
     Ok(digest.person_events())
 }
 
-/// Decides memberships in one transaction: evaluates profiles at `now` and records each change.
-struct Decider<'t> {
+/// Records changes of membership decided in one transaction (by evaluation or by a backfill).
+pub(crate) struct Recorder<'t> {
     tx: &'t Connection,
     now: Millis,
-    defs: HashMap<i64, Defs>,
     /// The running count of decisions (part of each decision's message id).
     decisions: i64,
     emitted: Vec<Emitted>,
 }
 
-impl<'t> Decider<'t> {
-    fn new(tx: &'t Connection, now: Millis) -> Result<Self, StoreError> {
+impl<'t> Recorder<'t> {
+    pub(crate) fn new(tx: &'t Connection, now: Millis) -> Result<Self, StoreError> {
         let decisions =
             tx.query_row("SELECT value FROM meta WHERE key = 'decisions'", [], |r| {
                 r.get(0)
@@ -184,19 +184,87 @@ impl<'t> Decider<'t> {
         Ok(Self {
             tx,
             now,
-            defs: HashMap::new(),
             decisions,
             emitted: Vec::new(),
         })
     }
 
     /// Stores the count of decisions; returns the events decided.
-    fn finish(self) -> Result<Vec<Emitted>, StoreError> {
+    pub(crate) fn finish(self) -> Result<Vec<Emitted>, StoreError> {
         self.tx.execute(
             "UPDATE meta SET value = ?1 WHERE key = 'decisions'",
             [self.decisions],
         )?;
         Ok(self.emitted)
+    }
+
+    /// Records that `profile` entered (`member`) or left segment `id`: its membership row, and a
+    /// `segment_entered` / `segment_exited` event in the outbox.
+    pub(crate) fn change(
+        &mut self,
+        ws: i64,
+        profile: i64,
+        id: &str,
+        name: &str,
+        member: bool,
+    ) -> Result<(), StoreError> {
+        let (tx, now) = (self.tx, self.now);
+        let kind = if member {
+            tx.prepare_cached(
+                "INSERT INTO memberships (ws, segment, profile, since) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![ws, id, profile, now])?;
+            EventType::SegmentEntered
+        } else {
+            tx.prepare_cached(
+                "DELETE FROM memberships WHERE ws = ?1 AND segment = ?2 AND profile = ?3",
+            )?
+            .execute(params![ws, id, profile])?;
+            EventType::SegmentExited
+        };
+        self.decisions += 1;
+        // Unique across rebuilds too (a rebuilt projection starts counting again, later in time).
+        let message_id = format!(
+            "$seam:{}:{id}:{profile}:{now}:{}",
+            kind.as_str(),
+            self.decisions
+        );
+        let props =
+            json!({"segment_id": id, "segment": name, "profile_id": ProfileId::from_seq(profile)});
+        let event = Event::system(
+            message_id,
+            kind,
+            now,
+            props.as_object().cloned().unwrap_or_default(),
+        );
+        let body = serde_json::to_string(&event)?;
+        tx.prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![ws, event.message_id, body])?;
+        self.emitted.push(Emitted {
+            ws,
+            event,
+            json: body,
+        });
+        Ok(())
+    }
+}
+
+/// Decides memberships in one transaction: evaluates profiles at `now` and records each change.
+struct Decider<'t> {
+    tx: &'t Connection,
+    now: Millis,
+    defs: HashMap<i64, Defs>,
+    out: Recorder<'t>,
+}
+
+impl<'t> Decider<'t> {
+    fn new(tx: &'t Connection, now: Millis) -> Result<Self, StoreError> {
+        Ok(Self {
+            tx,
+            now,
+            defs: HashMap::new(),
+            out: Recorder::new(tx, now)?,
+        })
     }
 
     /// Evaluates one profile (nothing when it was merged away) against every segment and computed trait of its
@@ -270,43 +338,9 @@ impl<'t> Decider<'t> {
                 d.library
                     .evaluate(expr, &data.traits, &data.identities, &data.events, now);
             soonest(change);
-            let kind = match (member, current.contains(id)) {
-                (true, false) => {
-                    tx.prepare_cached("INSERT INTO memberships (ws, segment, profile, since) VALUES (?1, ?2, ?3, ?4)")?
-                        .execute(params![ws, id, profile, now])?;
-                    EventType::SegmentEntered
-                }
-                (false, true) => {
-                    tx.prepare_cached(
-                        "DELETE FROM memberships WHERE ws = ?1 AND segment = ?2 AND profile = ?3",
-                    )?
-                    .execute(params![ws, id, profile])?;
-                    EventType::SegmentExited
-                }
-                _ => continue,
-            };
-            self.decisions += 1;
-            // Unique across rebuilds too (a rebuilt projection starts counting again, later in time).
-            let message_id = format!(
-                "$seam:{}:{id}:{profile}:{now}:{}",
-                kind.as_str(),
-                self.decisions
-            );
-            let props = json!({"segment_id": id, "segment": name, "profile_id": ProfileId::from_seq(profile)});
-            let event = Event::system(
-                message_id,
-                kind,
-                now,
-                props.as_object().cloned().unwrap_or_default(),
-            );
-            let body = serde_json::to_string(&event)?;
-            tx.prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
-                .execute(params![ws, event.message_id, body])?;
-            self.emitted.push(Emitted {
-                ws,
-                event,
-                json: body,
-            });
+            if member != current.contains(id) {
+                self.out.change(ws, profile, id, name, member)?;
+            }
         }
         match next {
             Some(due) => tx
@@ -324,7 +358,7 @@ impl<'t> Decider<'t> {
     }
 }
 
-/// Evaluates up to `limit` queued profiles at `now` (those of a backfill, of a due timer) and records the
+/// Evaluates up to `limit` queued profiles at `now` (those of a computed trait's backfill, of a due timer) and records the
 /// membership changes.
 pub(crate) fn decide(
     conn: &mut Connection,
@@ -347,7 +381,7 @@ pub(crate) fn decide(
             .execute(params![ws, profile])?;
         decider.evaluate(ws, profile, None)?;
     }
-    let emitted = decider.finish()?;
+    let emitted = decider.out.finish()?;
     let remaining: i64 = tx.query_row(
         "SELECT COUNT(*) FROM (SELECT 1 FROM pending_evaluations LIMIT ?1)",
         [COUNTED_UP_TO],
@@ -395,7 +429,7 @@ pub(crate) fn decide_touched<'b>(
         };
         decider.evaluate(ws, profile, Some(fresh))?;
     }
-    decider.finish()
+    decider.out.finish()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! [`read`] answers profile and timeline queries from pooled read-only connections that see both files.
 //! [`workspace`] creates workspaces and their keys (only hashes are stored) and authenticates keys.
 
+mod backfill;
 mod decide;
 pub mod deliveries;
 pub mod journeys;

@@ -464,6 +464,7 @@ impl Processor {
                         define(conn, "computed_trait_defs", ws, event)?
                     }
                     EventType::SegmentDeleted => {
+                        crate::backfill::forget(conn, ws, id)?;
                         conn.prepare_cached("DELETE FROM segments WHERE ws = ?1 AND id = ?2")?
                             .execute(params![ws, id])?;
                         conn.prepare_cached(
@@ -493,8 +494,11 @@ impl Processor {
                     event.kind,
                     EventType::SegmentDefined | EventType::ComputedTraitDefined
                 );
-                if defined && seq > self.decide_after {
+                if event.kind == EventType::SegmentDefined && seq > self.decide_after {
                     // Backfill: every live profile is evaluated against the new definition.
+                    crate::backfill::queue(conn, ws, id)?;
+                } else if defined && seq > self.decide_after {
+                    // A computed trait: every live profile is evaluated again (segments may read it).
                     conn.prepare_cached(
                         "INSERT OR IGNORE INTO pending_evaluations (ws, profile)
                          SELECT ws, profile FROM profiles WHERE ws = ?1 AND merged_into IS NULL",

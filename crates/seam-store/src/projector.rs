@@ -206,13 +206,16 @@ impl Projector {
         self
     }
 
-    /// One decision pass: segments and computed traits of the queued profiles (see `decide`), then journey
-    /// runs (see `journeys`).
+    /// One decision pass: segments and computed traits of the queued profiles (see `decide`), a step of a
+    /// segment's backfill (see `backfill`), then journey runs (see `journeys`).
     pub(crate) fn decide(
         &mut self,
         now: seam_core::Millis,
     ) -> Result<crate::decide::Decided, StoreError> {
         let mut d = crate::decide::decide(&mut self.conn, now, 2_000)?;
+        let b = crate::backfill::step(&mut self.conn, now, crate::backfill::PROFILES_PER_STEP)?;
+        d.emitted.extend(b.emitted);
+        d.remaining += b.remaining;
         let j = crate::journeys::decide(&mut self.conn, now, 2_000, &self.delivery)?;
         d.emitted.extend(j.emitted);
         d.remaining += j.remaining;

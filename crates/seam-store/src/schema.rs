@@ -338,6 +338,19 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     ) WITHOUT ROWID;
     "#,
     ),
+    (
+        12,
+        r#"
+    -- A new or changed segment being evaluated over every live profile, a range of profiles at a time (see
+    -- backfill.rs): `after` is the last profile key done.
+    CREATE TABLE pending_backfills (
+        ws INTEGER NOT NULL,
+        segment TEXT NOT NULL,
+        after INTEGER NOT NULL,
+        PRIMARY KEY (ws, segment)
+    ) WITHOUT ROWID;
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.
@@ -367,6 +380,7 @@ pub const PROJECTION_TABLES: &[&str] = &[
 pub const SCHEDULE_TABLES: &[&str] = &[
     "digests",
     "pending_evaluations",
+    "pending_backfills",
     "segment_timers",
     "pending_journey_events",
     "journey_dates",

@@ -91,8 +91,13 @@ impl Store {
                     "SELECT COUNT(*) FROM p.profiles WHERE ws = ?1 AND merged_into IS NULL",
                 )?
                 .query_row([ws.0], |r| r.get(0))?;
+            // Queued one by one (a computed trait, due timers), and the rest of a segment's backfill.
             let pending = c
-                .prepare_cached("SELECT COUNT(*) FROM p.pending_evaluations WHERE ws = ?1")?
+                .prepare_cached(
+                    "SELECT (SELECT COUNT(*) FROM p.pending_evaluations WHERE ws = ?1)
+                          + (SELECT COUNT(*) FROM p.profiles WHERE ws = ?1 AND merged_into IS NULL
+                             AND profile > (SELECT MIN(after) FROM p.pending_backfills WHERE ws = ?1))",
+                )?
                 .query_row([ws.0], |r| r.get(0))?;
             Ok((profiles, pending))
         })
@@ -336,6 +341,35 @@ pub(crate) fn tracked(body: &str) -> Result<PersonEvent, StoreError> {
         name: e.event,
         at: e.timestamp,
         properties: e.properties,
+    })
+}
+
+/// Like [`tracked`], with only the properties `keep` accepts (given the event's name and the property's)
+/// parsed; the others are skipped as raw text.
+pub(crate) fn tracked_keeping(
+    body: &str,
+    keep: impl Fn(&str, &str) -> bool,
+) -> Result<PersonEvent, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Tracked<'a> {
+        #[serde(default)]
+        event: String,
+        timestamp: Millis,
+        #[serde(default, borrow)]
+        properties:
+            std::collections::BTreeMap<std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue>,
+    }
+    let e: Tracked<'_> = serde_json::from_str(body)?;
+    let mut properties = Map::new();
+    for (k, v) in e.properties {
+        if keep(&e.event, &k) {
+            properties.insert(k.into_owned(), serde_json::from_str(v.get())?);
+        }
+    }
+    Ok(PersonEvent {
+        name: e.event,
+        at: e.timestamp,
+        properties,
     })
 }
 

@@ -149,6 +149,7 @@ async fn a_new_segment_is_backfilled_over_the_history() {
         .call(Method::GET, &format!("/v1/segments/{seg}/members"), None)
         .await;
     assert_eq!(page["members"].as_array().unwrap().len(), 2);
+    let fans = create(&app, "Fans", r#"in segment "Viewed twice""#).await;
     let (s, updated) = app
         .call(
             Method::PUT,
@@ -164,6 +165,14 @@ async fn a_new_segment_is_backfilled_over_the_history() {
         page["members"].as_array().unwrap().len(),
         1,
         "an edited definition is backfilled again"
+    );
+    let (_, page) = app
+        .call(Method::GET, &format!("/v1/segments/{fans}/members"), None)
+        .await;
+    assert_eq!(
+        page["members"].as_array().unwrap().len(),
+        1,
+        "a segment referring to it follows"
     );
 }
 
