@@ -293,22 +293,13 @@ mod tests {
     use rusqlite::{params, Connection};
 
     use super::{queue, step};
-    use crate::schema::{migrate, LOG_MIGRATIONS, PROJECTION_MIGRATIONS};
 
     const DAY: i64 = 86_400_000;
 
     /// Projections over a log in `dir`: profiles 1 to 6 of workspace 1, profile `p` with `p` "Viewed" events
     /// (profile 4 merged into 3, its events moved there), and the segments given as (id, name, definition).
     fn shop(dir: &std::path::Path, segments: &[(&str, &str, &str)]) -> Connection {
-        let mut log = Connection::open(dir.join("log.db")).unwrap();
-        migrate(&mut log, LOG_MIGRATIONS).unwrap();
-        let mut conn = Connection::open(dir.join("projections.db")).unwrap();
-        migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
-        conn.execute(
-            "ATTACH DATABASE ?1 AS log",
-            [dir.join("log.db").to_str().unwrap()],
-        )
-        .unwrap();
+        let (log, conn) = crate::schema::test_files(dir);
         let mut seq = 0;
         for p in 1..=6i64 {
             let merged = (p == 4).then_some(3);

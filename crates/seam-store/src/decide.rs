@@ -237,14 +237,7 @@ impl<'t> Recorder<'t> {
             now,
             props.as_object().cloned().unwrap_or_default(),
         );
-        let body = serde_json::to_string(&event)?;
-        tx.prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
-            .execute(params![ws, event.message_id, body])?;
-        self.emitted.push(Emitted {
-            ws,
-            event,
-            json: body,
-        });
+        self.emitted.push(Emitted::to_outbox(tx, ws, event)?);
         Ok(())
     }
 }
@@ -437,7 +430,6 @@ mod tests {
     use rusqlite::{params, Connection};
 
     use super::{digest_events, load_defs, Fresh};
-    use crate::schema::{migrate, LOG_MIGRATIONS, PROJECTION_MIGRATIONS};
 
     const DAY: i64 = 86_400_000;
 
@@ -451,15 +443,7 @@ mod tests {
     /// A person (profile 7 of workspace 1) with `on_timeline` track events in the log and on their timeline,
     /// a segment reading them, and a digest made up to event `digested`.
     fn person(dir: &std::path::Path, on_timeline: i64, digested: i64) -> Connection {
-        let mut log = Connection::open(dir.join("log.db")).unwrap();
-        migrate(&mut log, LOG_MIGRATIONS).unwrap();
-        let mut conn = Connection::open(dir.join("projections.db")).unwrap();
-        migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
-        conn.execute(
-            "ATTACH DATABASE ?1 AS log",
-            [dir.join("log.db").to_str().unwrap()],
-        )
-        .unwrap();
+        let (log, conn) = crate::schema::test_files(dir);
         conn.execute(
             "INSERT INTO segments (ws, id, name, definition, version, created_at, updated_at)
              VALUES (1, 'seg_1', 'viewers', 'count of \"Viewed\" in last 30 days >= 1', 1, 0, 0)",

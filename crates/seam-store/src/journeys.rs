@@ -818,15 +818,7 @@ impl<'t> Decider<'t> {
             _ => Map::new(),
         };
         let event = Event::system(message_id, EventType::JourneyStep, self.now, props);
-        let body = serde_json::to_string(&event)?;
-        self.tx
-            .prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
-            .execute(params![ws, event.message_id, body])?;
-        self.emitted.push(Emitted {
-            ws,
-            event,
-            json: body,
-        });
+        self.emitted.push(Emitted::to_outbox(self.tx, ws, event)?);
         Ok(())
     }
 
@@ -888,15 +880,7 @@ impl<'t> Decider<'t> {
         );
         event.identifiers = vec![Identifier::new(kind, value.clone())];
         event.traits = traits.clone();
-        let body = serde_json::to_string(&event)?;
-        self.tx
-            .prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
-            .execute(params![ws, event.message_id, body])?;
-        self.emitted.push(Emitted {
-            ws,
-            event,
-            json: body,
-        });
+        self.emitted.push(Emitted::to_outbox(self.tx, ws, event)?);
         Ok(())
     }
 }

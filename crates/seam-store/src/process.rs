@@ -68,6 +68,16 @@ pub(crate) struct Emitted {
     pub json: String,
 }
 
+impl Emitted {
+    /// Writes a decided event to the outbox (in the decision's transaction), to be appended to the log.
+    pub(crate) fn to_outbox(conn: &Connection, ws: i64, event: Event) -> Result<Self, StoreError> {
+        let json = serde_json::to_string(&event)?;
+        conn.prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![ws, event.message_id, json])?;
+        Ok(Self { ws, event, json })
+    }
+}
+
 pub(crate) struct Processor {
     rules: HashMap<i64, Arc<IdentifierRules>>,
     /// Profile states read or written recently; written back for those in `dirty` by `flush`.

@@ -409,3 +409,19 @@ pub fn migrate(conn: &mut Connection, migrations: &[(i64, &str)]) -> rusqlite::R
     }
     Ok(())
 }
+
+/// A log and projections in `dir`, migrated, with the log attached to the projections as `log` (as the
+/// projector has them); for unit tests.
+#[cfg(test)]
+pub(crate) fn test_files(dir: &std::path::Path) -> (Connection, Connection) {
+    let mut log = Connection::open(dir.join("log.db")).unwrap();
+    migrate(&mut log, LOG_MIGRATIONS).unwrap();
+    let mut conn = Connection::open(dir.join("projections.db")).unwrap();
+    migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
+    conn.execute(
+        "ATTACH DATABASE ?1 AS log",
+        [dir.join("log.db").to_str().unwrap()],
+    )
+    .unwrap();
+    (log, conn)
+}
