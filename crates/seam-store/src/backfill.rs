@@ -87,7 +87,8 @@ struct Person {
     events: Vec<(i64, PersonEvent)>,
 }
 
-/// Evaluates the next `limit` profiles of the oldest queued backfill at `now` and records the changes.
+/// Evaluates the next `limit` profiles of the first queued backfill (by workspace and segment id) at `now` and
+/// records the changes.
 pub(crate) fn step(
     conn: &mut Connection,
     now: Millis,
@@ -115,6 +116,7 @@ pub(crate) fn step(
         let read = with_references(&defs.library, affected.iter().map(|(_, _, e)| e).collect());
         let needs = Needs::of(read, []);
         let people = read_people(&tx, &needs, ws, after, limit)?;
+        let more = people.len() >= limit;
         if let (Some(first), Some(end)) = (people.first(), people.last()) {
             let (lo, hi) = (first.profile, end.profile);
             let mut members: HashMap<&str, HashSet<i64>> = HashMap::new();
@@ -159,7 +161,7 @@ pub(crate) fn step(
                 }
             }
             emitted = out.finish()?;
-            last = Some(hi);
+            last = Some(hi).filter(|_| more);
         }
     }
     match last {
@@ -168,7 +170,7 @@ pub(crate) fn step(
                 "UPDATE pending_backfills SET after = ?3 WHERE ws = ?1 AND segment = ?2",
             )?
             .execute(params![ws, segment, hi])?,
-        // Every profile done, or the segment deleted.
+        // Every profile done (the last range was not full), or the segment deleted.
         None => forget(&tx, ws, &segment).map(|()| 0)?,
     };
     let remaining: i64 = tx.query_row(
@@ -363,7 +365,7 @@ mod tests {
         .unwrap()
     }
 
-    /// Steps of two profiles each: the cursor moves on with every step, merged-away profiles are skipped, the
+    /// Steps of two profiles each: the cursor moves on with every full step, merged-away profiles are skipped, the
     /// changed segment and the one referring to it are decided (with their events in the outbox), the others
     /// are left alone, and a time window brings the person's timer forward.
     #[test]
@@ -402,8 +404,8 @@ mod tests {
         }
         assert_eq!(
             cursors,
-            [2, 5, 6],
-            "two live profiles a step (4 merged into 3)"
+            [2, 5],
+            "two live profiles a step (4 merged into 3); the last, short, ends it"
         );
         assert_eq!(members(&conn, "seg_a"), [3, 5, 6], "3 holds 3 + 4 events");
         assert_eq!(members(&conn, "seg_b"), [3, 5, 6]);
