@@ -238,20 +238,21 @@ fn read_people(
     let mut stmt = tx.prepare_cached(
         "SELECT profile, name, value FROM computed_traits WHERE ws = ?1 AND profile BETWEEN ?2 AND ?3",
     )?;
+    let mut computed: HashMap<usize, Map<String, Value>> = HashMap::new();
     let mut rows = stmt.query(params![ws, lo, hi])?;
     while let Some(r) = rows.next()? {
         if let Some(&i) = at.get(&r.get::<_, i64>(0)?) {
             let value: Value = serde_json::from_str(&r.get::<_, String>(2)?)?;
-            let computed = people[i]
-                .traits
-                .entry("computed")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(m) = computed {
-                m.insert(r.get(1)?, value);
-            }
+            computed.entry(i).or_default().insert(r.get(1)?, value);
         }
     }
     drop(rows);
+    // As `segments::person_profile` puts them: under `computed`, in place of a trait of that name.
+    for (i, values) in computed {
+        people[i]
+            .traits
+            .insert("computed".to_owned(), Value::Object(values));
+    }
     if needs.is_empty() {
         return Ok(people);
     }
