@@ -1,6 +1,7 @@
 //! The segments API: definitions (create, read, update, delete), preview, members, a profile's segments, and
-//! explain. Members and a profile's segments come from the memberships the projector keeps current; preview
-//! and explain evaluate from scratch with `seam_audiences::eval`.
+//! explain. Members and a profile's segments come from the memberships the projector keeps current; explain
+//! evaluates one person from scratch with `seam_audiences::eval`, and preview every live profile a range at a
+//! time (`Store::preview`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,9 +18,6 @@ use serde_json::Value;
 use crate::error::ErrorItem;
 use crate::profiles::{blocking, parse_reference};
 use crate::{auth, ApiError, AppState};
-
-/// Profiles a preview or a members page evaluates at most in one request.
-const SCAN_LIMIT: usize = 100_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -302,10 +300,6 @@ impl Membership {
         self.defs
             .explain(e, &data.traits, &data.identities, &data.events, self.now)
     }
-
-    fn holds(&self, e: &Expr, data: &PersonData) -> bool {
-        self.explain(e, data).result
-    }
 }
 
 async fn membership(state: &AppState, ws: WorkspaceKey) -> Result<Membership, ApiError> {
@@ -315,44 +309,7 @@ async fn membership(state: &AppState, ws: WorkspaceKey) -> Result<Membership, Ap
     })
 }
 
-/// Evaluates `expr` over live profiles after `after`, until `want` members are found or the scan limit is hit.
-/// Returns the members, the profiles evaluated and the last profile key scanned.
-async fn scan(
-    state: &AppState,
-    ws: WorkspaceKey,
-    expr: Expr,
-    after: i64,
-    want: usize,
-) -> Result<(Vec<ProfileId>, usize, Option<i64>), ApiError> {
-    let m = membership(state, ws).await?;
-    let store = state.store.clone();
-    blocking(move || {
-        let (mut members, mut evaluated, mut cursor) = (Vec::new(), 0usize, after);
-        let mut last = None;
-        'pages: while evaluated < SCAN_LIMIT {
-            let page = store.profile_page(ws, cursor, 1_000)?;
-            if page.is_empty() {
-                last = None;
-                break;
-            }
-            for p in page {
-                cursor = p.created_seq();
-                last = Some(cursor);
-                evaluated += 1;
-                if m.holds(&expr, &store.person(ws, &p)?) {
-                    members.push(p);
-                    if members.len() >= want {
-                        break 'pages;
-                    }
-                }
-            }
-        }
-        Ok((members, evaluated, last))
-    })
-    .await
-}
-
-/// `POST /v1/segments/preview`: the count and a sample for a definition not saved yet.
+/// `POST /v1/segments/preview`: the count over every live profile and a sample for a definition not saved yet.
 pub(crate) async fn preview(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -368,13 +325,15 @@ pub(crate) async fn preview(
         &all,
         None,
     )?;
-    let (members, evaluated, last) = scan(&state, ws, expr.clone(), 0, usize::MAX).await?;
+    let m = membership(&state, ws).await?;
+    let store = state.store.clone();
+    let text = print(&expr);
+    let p = blocking(move || store.preview(ws, &expr, &m.defs, m.now)).await?;
     Ok(Json(serde_json::json!({
-        "definition": print(&expr),
-        "count": members.len(),
-        "sample": members.iter().take(10).collect::<Vec<_>>(),
-        "profiles_evaluated": evaluated,
-        "complete": last.is_none(),
+        "definition": text,
+        "count": p.count,
+        "sample": p.sample,
+        "profiles_evaluated": p.profiles_evaluated,
     })))
 }
 

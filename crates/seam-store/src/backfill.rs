@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use seam_audiences::digest::{Digest, Needs};
 use seam_audiences::{Expr, Library, PersonEvent};
-use seam_core::Millis;
+use seam_core::{Millis, ProfileId};
 use seam_profiles::ProfileState;
 use serde_json::{Map, Value};
 
@@ -78,13 +78,100 @@ fn with_references<'l>(library: &'l Library, exprs: Vec<&'l Expr>) -> Vec<&'l Ex
     out
 }
 
-/// One live profile of the step's range, as evaluation reads it.
+/// One live profile of a range, as evaluation reads it.
 struct Person {
     profile: i64,
     traits: Map<String, Value>,
     identities: Vec<(String, String)>,
     /// (log position, event) of each track event the segments read.
     events: Vec<(i64, PersonEvent)>,
+}
+
+impl Person {
+    /// The person's events as evaluation at `now` sees them: through a digest of what `needs` keeps, as the
+    /// live path holds them.
+    fn digested(&mut self, needs: &Needs, now: Millis) -> Vec<PersonEvent> {
+        let mut events = std::mem::take(&mut self.events);
+        events.sort_by_key(|(seq, e)| (e.at, *seq));
+        let mut digest = Digest::default();
+        for (seq, e) in &events {
+            needs.admit(&mut digest, *seq, &e.name, e.at, &e.properties);
+        }
+        needs.prune(&mut digest, now);
+        digest.person_events()
+    }
+}
+
+/// How a connection names the two databases: projections.db and seam.db (the log).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Schemas {
+    proj: &'static str,
+    log: &'static str,
+}
+
+/// The projector's connection: the projections are `main`, the log is attached as `log`.
+const PROJECTOR: Schemas = Schemas {
+    proj: "main",
+    log: "log",
+};
+
+/// A reader's connection: the log is `main`, the projections are attached as `p`.
+pub(crate) const READER: Schemas = Schemas {
+    proj: "p",
+    log: "main",
+};
+
+/// Members a preview names at most.
+pub const PREVIEW_SAMPLE: usize = 10;
+
+/// What a definition would hold now: the members counted over every live profile, the first few of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    pub count: usize,
+    /// The first members in profile order.
+    pub sample: Vec<ProfileId>,
+    pub profiles_evaluated: usize,
+}
+
+/// Evaluates `expr` (segments it refers to are looked up in `library`) at `now` over every live profile of
+/// workspace `ws`, `per_step` profiles at a time, in one read transaction: the count is of one state of the
+/// data however long it takes.
+pub(crate) fn preview(
+    c: &Connection,
+    dbs: Schemas,
+    ws: i64,
+    expr: &Expr,
+    library: &Library,
+    now: Millis,
+    per_step: usize,
+) -> Result<Preview, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let needs = Needs::of(with_references(library, vec![expr]), []);
+    let mut out = Preview {
+        count: 0,
+        sample: Vec::new(),
+        profiles_evaluated: 0,
+    };
+    let mut after = -1;
+    loop {
+        let people = read_people(&tx, dbs, &needs, ws, after, per_step)?;
+        let full = people.len() >= per_step;
+        out.profiles_evaluated += people.len();
+        for mut p in people {
+            after = p.profile;
+            let events = p.digested(&needs, now);
+            let (member, _) = library.evaluate(expr, &p.traits, &p.identities, &events, now);
+            if member {
+                out.count += 1;
+                if out.sample.len() < PREVIEW_SAMPLE {
+                    out.sample.push(ProfileId::from_seq(p.profile));
+                }
+            }
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
 }
 
 /// Evaluates the next `limit` profiles of the first queued backfill (by workspace and segment id) at `now` and
@@ -115,7 +202,7 @@ pub(crate) fn step(
             .collect();
         let read = with_references(&defs.library, affected.iter().map(|(_, _, e)| e).collect());
         let needs = Needs::of(read, []);
-        let people = read_people(&tx, &needs, ws, after, limit)?;
+        let people = read_people(&tx, PROJECTOR, &needs, ws, after, limit)?;
         let more = people.len() >= limit;
         if let (Some(first), Some(end)) = (people.first(), people.last()) {
             let (lo, hi) = (first.profile, end.profile);
@@ -131,13 +218,7 @@ pub(crate) fn step(
             }
             let mut out = Recorder::new(&tx, now)?;
             for mut p in people {
-                p.events.sort_by_key(|(seq, e)| (e.at, *seq));
-                let mut digest = Digest::default();
-                for (seq, e) in &p.events {
-                    needs.admit(&mut digest, *seq, &e.name, e.at, &e.properties);
-                }
-                needs.prune(&mut digest, now);
-                let events = digest.person_events();
+                let events = p.digested(&needs, now);
                 let mut next: Option<Millis> = None;
                 for (id, name, expr) in &affected {
                     let (member, change) =
@@ -184,9 +265,10 @@ pub(crate) fn step(
 }
 
 /// The next `limit` live profiles of workspace `ws` after profile key `after`, with their traits, identities
-/// and the track events `needs` reads.
+/// and the track events `needs` reads, through a connection naming the databases as `dbs` says.
 fn read_people(
     tx: &Connection,
+    dbs: Schemas,
     needs: &Needs,
     ws: i64,
     after: i64,
@@ -194,10 +276,11 @@ fn read_people(
 ) -> Result<Vec<Person>, StoreError> {
     let mut people = Vec::new();
     let rows = tx
-        .prepare_cached(
-            "SELECT profile, state FROM profiles WHERE ws = ?1 AND profile > ?2 AND merged_into IS NULL
+        .prepare_cached(&format!(
+            "SELECT profile, state FROM {}.profiles WHERE ws = ?1 AND profile > ?2 AND merged_into IS NULL
              ORDER BY profile LIMIT ?3",
-        )?
+            dbs.proj
+        ))?
         .query_map(params![ws, after, limit as i64], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
         })?
@@ -224,10 +307,11 @@ fn read_people(
         .map(|(i, p)| (p.profile, i))
         .collect();
     // In the order `read::identities_of` gives them.
-    let mut stmt = tx.prepare_cached(
-        "SELECT profile, type, value FROM identities INDEXED BY identities_by_profile
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT profile, type, value FROM {}.identities INDEXED BY identities_by_profile
          WHERE ws = ?1 AND profile BETWEEN ?2 AND ?3 ORDER BY profile, type, value",
-    )?;
+        dbs.proj
+    ))?;
     let mut rows = stmt.query(params![ws, lo, hi])?;
     while let Some(r) = rows.next()? {
         if let Some(&i) = at.get(&r.get::<_, i64>(0)?) {
@@ -235,9 +319,10 @@ fn read_people(
         }
     }
     drop(rows);
-    let mut stmt = tx.prepare_cached(
-        "SELECT profile, name, value FROM computed_traits WHERE ws = ?1 AND profile BETWEEN ?2 AND ?3",
-    )?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT profile, name, value FROM {}.computed_traits WHERE ws = ?1 AND profile BETWEEN ?2 AND ?3",
+        dbs.proj
+    ))?;
     let mut computed: HashMap<usize, Map<String, Value>> = HashMap::new();
     let mut rows = stmt.query(params![ws, lo, hi])?;
     while let Some(r) = rows.next()? {
@@ -257,9 +342,10 @@ fn read_people(
         return Ok(people);
     }
     let mut on_timeline: Vec<(i64, usize)> = Vec::new();
-    let mut stmt = tx.prepare_cached(
-        "SELECT profile, seq FROM timeline WHERE ws = ?1 AND profile BETWEEN ?2 AND ?3",
-    )?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT profile, seq FROM {}.timeline WHERE ws = ?1 AND profile BETWEEN ?2 AND ?3",
+        dbs.proj
+    ))?;
     let mut rows = stmt.query(params![ws, lo, hi])?;
     while let Some(r) = rows.next()? {
         if let Some(&i) = at.get(&r.get::<_, i64>(0)?) {
@@ -268,8 +354,10 @@ fn read_people(
     }
     drop(rows);
     on_timeline.sort_unstable();
-    let mut event =
-        tx.prepare_cached("SELECT name, body FROM log.events WHERE seq = ?1 AND type = 'track'")?;
+    let mut event = tx.prepare_cached(&format!(
+        "SELECT name, body FROM {}.events WHERE seq = ?1 AND type = 'track'",
+        dbs.log
+    ))?;
     for (seq, i) in on_timeline {
         // The body is read (and parsed) only for an event of a name the segments read.
         let body = event
@@ -295,7 +383,10 @@ fn read_people(
 mod tests {
     use rusqlite::{params, Connection};
 
-    use super::{queue, step};
+    use seam_core::ProfileId;
+
+    use super::{preview, queue, step, PROJECTOR};
+    use crate::WorkspaceKey;
 
     const DAY: i64 = 86_400_000;
 
@@ -459,6 +550,52 @@ mod tests {
             (&whole.name, whole.at, &whole.properties)
         );
         assert_eq!(some.properties.len(), 3, "{:?}", some.properties);
+    }
+
+    /// A preview, two profiles at a time, counts what evaluating each live profile on its whole history gives:
+    /// definitions over events, a time window, identities and other segments.
+    #[test]
+    fn a_preview_counts_what_evaluating_each_profile_on_its_whole_history_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = shop(
+            dir.path(),
+            &[("seg_a", "viewers", r#"count of "Viewed" >= 3"#)],
+        );
+        let defs = crate::decide::load_defs(&conn, 1).unwrap();
+        let now = 25 * DAY;
+        let mut counts = vec![];
+        for text in [
+            r#"count of "Viewed" where sku = "s6" >= 1"#,
+            r#"in segment "viewers" and count of "Viewed" in last 11 days >= 1"#,
+            r#"has user_id and not in segment "viewers""#,
+            r#"count of "Viewed" > 100"#,
+        ] {
+            let expr = seam_audiences::parse(text).unwrap();
+            let got = preview(&conn, PROJECTOR, 1, &expr, &defs.library, now, 2).unwrap();
+            let mut expected = vec![];
+            for profile in [1, 2, 3, 5, 6] {
+                let d =
+                    crate::segments::person_data(&conn, "main", "log", WorkspaceKey(1), profile)
+                        .unwrap();
+                let (member, _) =
+                    defs.library
+                        .evaluate(&expr, &d.traits, &d.identities, &d.events, now);
+                if member {
+                    expected.push(ProfileId::from_seq(profile));
+                }
+            }
+            assert_eq!(
+                (got.count, &got.sample, got.profiles_evaluated),
+                (expected.len(), &expected, 5),
+                "{text}"
+            );
+            counts.push(got.count);
+        }
+        assert_eq!(
+            counts,
+            [1, 2, 2, 0],
+            "days 14 – 25 hold profile 5's last two views and 6's"
+        );
     }
 
     /// A deleted segment's backfill ends without deciding anything.

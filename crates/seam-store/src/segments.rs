@@ -5,12 +5,14 @@
 //! track events from the projections and the log.
 
 use rusqlite::{params, OptionalExtension};
-use seam_audiences::PersonEvent;
+use seam_audiences::{Expr, Library, PersonEvent};
 use seam_core::clock::format_rfc3339;
 use seam_core::{Event, EventType, Millis, ProfileId};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use crate::backfill::{self, PROFILES_PER_STEP};
+pub use crate::backfill::{Preview, PREVIEW_SAMPLE};
 use crate::process::key;
 use crate::read::{identities_of, state_of};
 use crate::{LogRow, Store, StoreError, WorkspaceKey};
@@ -254,6 +256,29 @@ impl Store {
                 Ok((r.get::<_, String>(0)?, format_rfc3339(r.get(1)?)))
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// What `expr` would hold at `now` over every live profile of the workspace (the segments it refers to
+    /// looked up in `library`): evaluated a range of profiles at a time, as a backfill is, in one read
+    /// transaction.
+    pub fn preview(
+        &self,
+        ws: WorkspaceKey,
+        expr: &Expr,
+        library: &Library,
+        now: Millis,
+    ) -> Result<Preview, StoreError> {
+        self.with_reader(|c| {
+            backfill::preview(
+                c,
+                backfill::READER,
+                ws.0,
+                expr,
+                library,
+                now,
+                PROFILES_PER_STEP,
+            )
         })
     }
 

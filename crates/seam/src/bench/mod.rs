@@ -39,6 +39,9 @@ pub struct IngestReport {
     pub data_folder_mib: f64,
     /// Seconds from defining a new segment (after everything was applied) until every person was evaluated.
     pub backfill_secs: Option<f64>,
+    /// The preview of that segment before it was defined: seconds to answer, members counted, profiles
+    /// evaluated.
+    pub preview: Option<(f64, u64, u64)>,
 }
 
 /// The segment `--backfill` defines: it reads product views (with a property filter) over 30 days.
@@ -62,27 +65,29 @@ async fn wait_applied(client: &reqwest::Client, base: &str) -> anyhow::Result<()
     }
 }
 
-/// Defines a segment through the API.
-async fn define_segment(
+/// Posts a segment definition to `path` (`/v1/segments` defines it, `/v1/segments/preview` counts it) and
+/// returns the answer.
+async fn post_segment(
     client: &reqwest::Client,
     server: &ServerProcess,
+    path: &str,
     name: &str,
     definition: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
     let secret = server
         .secret_key
         .as_deref()
         .context("the secret key of the server under test")?;
     let resp = client
-        .post(format!("{}/v1/segments", server.base))
+        .post(format!("{}{path}", server.base))
         .bearer_auth(secret)
         .json(&serde_json::json!({ "name": name, "definition": definition }))
         .send()
         .await?;
     if !resp.status().is_success() {
-        bail!("defining the segment {name:?} answered {}", resp.status());
+        bail!("{path} for the segment {name:?} answered {}", resp.status());
     }
-    Ok(())
+    Ok(resp.json().await?)
 }
 
 /// A `seam serve` child process on a fresh port.
@@ -301,7 +306,7 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let all = seam_audiences::EXAMPLES.iter().chain(shop::SEGMENTS);
         for (name, definition) in all.take(usize::from(n)) {
-            define_segment(&client, &server, name, definition).await?;
+            post_segment(&client, &server, "/v1/segments", name, definition).await?;
         }
         eprintln!("{n} segments defined");
     }
@@ -379,15 +384,30 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
     wait_applied(&client, &server.base).await?;
     let applied = clock.elapsed();
     let (peak, rss) = server.memory_mib();
-    let backfill_secs = if args.backfill {
-        eprintln!("defining one more segment and waiting for its backfill…");
+    let (mut backfill_secs, mut preview) = (None, None);
+    if args.backfill {
+        eprintln!("previewing one more segment…");
+        let (t, path) = (Stopwatch::start(), "/v1/segments/preview");
+        let p = post_segment(&client, &server, path, "Backfilled", BACKFILL_SEGMENT).await?;
+        let number = |field: &str| p[field].as_u64().context("a number in the preview");
+        preview = Some((
+            t.elapsed().as_secs_f64(),
+            number("count")?,
+            number("profiles_evaluated")?,
+        ));
+        eprintln!("defining it and waiting for its backfill…");
         let t = Stopwatch::start();
-        define_segment(&client, &server, "Backfilled", BACKFILL_SEGMENT).await?;
+        post_segment(
+            &client,
+            &server,
+            "/v1/segments",
+            "Backfilled",
+            BACKFILL_SEGMENT,
+        )
+        .await?;
         wait_applied(&client, &server.base).await?;
-        Some(t.elapsed().as_secs_f64())
-    } else {
-        None
-    };
+        backfill_secs = Some(t.elapsed().as_secs_f64());
+    }
     latencies.sort_unstable();
     let report = IngestReport {
         events: args.events,
@@ -408,6 +428,7 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
         server_rss_mib: rss,
         data_folder_mib: dir_size(&data) as f64 / 1_048_576.0,
         backfill_secs,
+        preview,
     };
     drop(server);
     print_report(&report, args.json)
@@ -449,6 +470,11 @@ fn print_report(r: &IngestReport, json: bool) -> anyhow::Result<()> {
             "backfill           {b:.2} s for one new segment over the history of {} people ({:.0} people/s)",
             r.people,
             r.people as f64 / b
+        );
+    }
+    if let Some((secs, count, profiles)) = r.preview {
+        println!(
+            "preview            {secs:.2} s for the same segment before it was saved: {count} members of {profiles} profiles"
         );
     }
     Ok(())
