@@ -309,13 +309,24 @@ async fn membership(state: &AppState, ws: WorkspaceKey) -> Result<Membership, Ap
     })
 }
 
-/// `POST /v1/segments/preview`: the count over every live profile and a sample for a definition not saved yet.
+/// How long a preview evaluates before it answers with an estimate, unless asked for the exact count.
+const PREVIEW_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `POST /v1/segments/preview?exact=`: the count and a sample for a definition not saved yet — exact over
+/// every live profile when that takes under five seconds or `exact=true` asks for it, else an estimate from
+/// blocks of profiles spread over them all.
 pub(crate) async fn preview(
     State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Result<Json<SegmentBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let ws = auth::for_management(&state, &headers)?;
+    let exact = match q.get("exact").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(query_error("exact", "must be true or false")),
+    };
     let body = body_of(body)?;
     let expr = definition_of(&body)?;
     let all = all_segments(&state.store, ws).await?;
@@ -328,12 +339,16 @@ pub(crate) async fn preview(
     let m = membership(&state, ws).await?;
     let store = state.store.clone();
     let text = print(&expr);
-    let p = blocking(move || store.preview(ws, &expr, &m.defs, m.now)).await?;
+    let budget = (!exact).then_some(PREVIEW_BUDGET);
+    let p = blocking(move || store.preview(ws, &expr, &m.defs, m.now, budget)).await?;
     Ok(Json(serde_json::json!({
         "definition": text,
         "count": p.count,
+        "estimate": p.estimate(),
+        "complete": p.complete,
         "sample": p.sample,
         "profiles_evaluated": p.profiles_evaluated,
+        "profiles": p.profiles,
     })))
 }
 

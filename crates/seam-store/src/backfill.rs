@@ -11,12 +11,18 @@
 //! made for the former definitions, each is made again from the timeline when its person is next evaluated.
 //! The cursor (`pending_backfills.after`) commits with the step's decisions, so a crash resumes the backfill
 //! where it was.
+//!
+//! A preview (a definition counted before it is saved) reads the same way, on a reader connection in one read
+//! transaction, and records nothing: blocks of profile keys taken in an order spread over them all, every
+//! block or as many as its time allows (then the count is scaled to every live profile).
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use seam_audiences::digest::{Digest, Needs};
 use seam_audiences::{Expr, Library, PersonEvent};
+use seam_core::clock::Stopwatch;
 use seam_core::{Millis, ProfileId};
 use seam_profiles::ProfileState;
 use serde_json::{Map, Value};
@@ -124,18 +130,60 @@ pub(crate) const READER: Schemas = Schemas {
 /// Members a preview names at most.
 pub const PREVIEW_SAMPLE: usize = 10;
 
-/// What a definition would hold now: the members counted over every live profile, the first few of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a definition would hold now, counted over every live profile or, when time ran out first, over blocks
+/// of profiles spread across them all.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Preview {
+    /// Members among the profiles evaluated.
     pub count: usize,
-    /// The first members in profile order.
+    /// Members found first (from the blocks evaluated first, spread over the profiles).
     pub sample: Vec<ProfileId>,
     pub profiles_evaluated: usize,
+    /// Live profiles of the workspace.
+    pub profiles: usize,
+    /// Whether every live profile was evaluated (then `count` is exact).
+    pub complete: bool,
 }
 
-/// Evaluates `expr` (segments it refers to are looked up in `library`) at `now` over every live profile of
-/// workspace `ws`, `per_step` profiles at a time, in one read transaction: the count is of one state of the
-/// data however long it takes.
+impl Preview {
+    /// The members expected over every live profile: `count` when complete, else scaled from the blocks
+    /// evaluated.
+    pub fn estimate(&self) -> usize {
+        match (self.complete, self.profiles_evaluated) {
+            (true, _) | (_, 0) => self.count,
+            (false, n) => (self.count as f64 * self.profiles as f64 / n as f64).round() as usize,
+        }
+    }
+}
+
+/// How a preview goes through the profiles: blocks of `keys` consecutive profile keys (`keys` at least 1),
+/// until every block is done or it has taken `time` (one block at least).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub keys: i64,
+    pub time: Option<Duration>,
+}
+
+/// A step through `blocks` blocks that visits each once and spreads the first ones over all of them: the
+/// number coprime with `blocks` nearest above 0.618 of it.
+fn stride(blocks: i64) -> i64 {
+    fn gcd(a: i64, b: i64) -> i64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let mut s = ((blocks as f64 * 0.618) as i64).max(1);
+    while gcd(s, blocks) != 1 {
+        s += 1;
+    }
+    s
+}
+
+/// Evaluates `expr` (segments it refers to are looked up in `library`) at `now` over the live profiles of
+/// workspace `ws`, a block of profile keys at a time in an order spread over them all, in one read transaction:
+/// what is counted is one state of the data however long it takes.
 pub(crate) fn preview(
     c: &Connection,
     dbs: Schemas,
@@ -143,22 +191,42 @@ pub(crate) fn preview(
     expr: &Expr,
     library: &Library,
     now: Millis,
-    per_step: usize,
+    budget: Budget,
 ) -> Result<Preview, StoreError> {
+    let watch = Stopwatch::start();
     let tx = c.unchecked_transaction()?;
     let needs = Needs::of(with_references(library, vec![expr]), []);
+    let (first, last, live): (Option<i64>, Option<i64>, i64) = tx.query_row(
+        &format!(
+            "SELECT MIN(profile), MAX(profile), COUNT(*) FROM {}.profiles
+             WHERE ws = ?1 AND merged_into IS NULL",
+            dbs.proj
+        ),
+        [ws],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     let mut out = Preview {
         count: 0,
         sample: Vec::new(),
         profiles_evaluated: 0,
+        profiles: live as usize,
+        complete: true,
     };
-    let mut after = -1;
-    loop {
-        let people = read_people(&tx, dbs, &needs, ws, after, per_step)?;
-        let full = people.len() >= per_step;
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(out);
+    };
+    let keys = budget.keys.max(1);
+    let blocks = (last - first) / keys + 1;
+    let stride = stride(blocks);
+    for i in 0..blocks {
+        if i > 0 && budget.time.is_some_and(|t| watch.elapsed() >= t) {
+            out.complete = false;
+            break;
+        }
+        let after = first - 1 + (i * stride % blocks) * keys;
+        let people = read_people(&tx, dbs, &needs, ws, after, after + keys, keys as usize)?;
         out.profiles_evaluated += people.len();
         for mut p in people {
-            after = p.profile;
             let events = p.digested(&needs, now);
             let (member, _) = library.evaluate(expr, &p.traits, &p.identities, &events, now);
             if member {
@@ -168,10 +236,8 @@ pub(crate) fn preview(
                 }
             }
         }
-        if !full {
-            return Ok(out);
-        }
     }
+    Ok(out)
 }
 
 /// Evaluates the next `limit` profiles of the first queued backfill (by workspace and segment id) at `now` and
@@ -202,7 +268,7 @@ pub(crate) fn step(
             .collect();
         let read = with_references(&defs.library, affected.iter().map(|(_, _, e)| e).collect());
         let needs = Needs::of(read, []);
-        let people = read_people(&tx, PROJECTOR, &needs, ws, after, limit)?;
+        let people = read_people(&tx, PROJECTOR, &needs, ws, after, i64::MAX, limit)?;
         let more = people.len() >= limit;
         if let (Some(first), Some(end)) = (people.first(), people.last()) {
             let (lo, hi) = (first.profile, end.profile);
@@ -264,24 +330,27 @@ pub(crate) fn step(
     Ok(Decided { emitted, remaining })
 }
 
-/// The next `limit` live profiles of workspace `ws` after profile key `after`, with their traits, identities
-/// and the track events `needs` reads, through a connection naming the databases as `dbs` says.
+/// The next `limit` live profiles of workspace `ws` after profile key `after` up to `until` (included), with
+/// their traits, identities and the track events `needs` reads, through a connection naming the databases as
+/// `dbs` says.
 fn read_people(
     tx: &Connection,
     dbs: Schemas,
     needs: &Needs,
     ws: i64,
     after: i64,
+    until: i64,
     limit: usize,
 ) -> Result<Vec<Person>, StoreError> {
     let mut people = Vec::new();
     let rows = tx
         .prepare_cached(&format!(
-            "SELECT profile, state FROM {}.profiles WHERE ws = ?1 AND profile > ?2 AND merged_into IS NULL
-             ORDER BY profile LIMIT ?3",
+            "SELECT profile, state FROM {}.profiles
+             WHERE ws = ?1 AND profile > ?2 AND profile <= ?3 AND merged_into IS NULL
+             ORDER BY profile LIMIT ?4",
             dbs.proj
         ))?
-        .query_map(params![ws, after, limit as i64], |r| {
+        .query_map(params![ws, after, until, limit as i64], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -385,7 +454,7 @@ mod tests {
 
     use seam_core::ProfileId;
 
-    use super::{preview, queue, step, PROJECTOR};
+    use super::{preview, queue, step, Budget, PROJECTOR};
     use crate::WorkspaceKey;
 
     const DAY: i64 = 86_400_000;
@@ -571,7 +640,11 @@ mod tests {
             r#"count of "Viewed" > 100"#,
         ] {
             let expr = seam_audiences::parse(text).unwrap();
-            let got = preview(&conn, PROJECTOR, 1, &expr, &defs.library, now, 2).unwrap();
+            let every = Budget {
+                keys: 2,
+                time: None,
+            };
+            let got = preview(&conn, PROJECTOR, 1, &expr, &defs.library, now, every).unwrap();
             let mut expected = vec![];
             for profile in [1, 2, 3, 5, 6] {
                 let d =
@@ -585,10 +658,11 @@ mod tests {
                 }
             }
             assert_eq!(
-                (got.count, &got.sample, got.profiles_evaluated),
-                (expected.len(), &expected, 5),
+                (got.count, &got.sample, got.profiles_evaluated, got.complete),
+                (expected.len(), &expected, 5, true),
                 "{text}"
             );
+            assert_eq!(got.estimate(), got.count);
             counts.push(got.count);
         }
         assert_eq!(
@@ -596,6 +670,39 @@ mod tests {
             [1, 2, 2, 0],
             "days 14 – 25 hold profile 5's last two views and 6's"
         );
+    }
+
+    /// Out of time, a preview stops after its first block and scales what it counted to every live profile.
+    #[test]
+    fn a_preview_out_of_time_estimates_from_the_blocks_it_evaluated() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = shop(dir.path(), &[]);
+        let library = seam_audiences::Library::new([]);
+        let expr = seam_audiences::parse(r#"count of "Viewed" >= 2"#).unwrap();
+        let spent = Budget {
+            keys: 2,
+            time: Some(std::time::Duration::ZERO),
+        };
+        let got = preview(&conn, PROJECTOR, 1, &expr, &library, 100 * DAY, spent).unwrap();
+        assert_eq!(
+            (got.profiles_evaluated, got.profiles, got.complete),
+            (2, 5, false),
+            "profiles 1 and 2 of the live 1, 2, 3, 5, 6"
+        );
+        assert_eq!(got.sample, [ProfileId::from_seq(2)]);
+        assert_eq!((got.count, got.estimate()), (1, 3), "1 of 2, so 2.5 of 5");
+    }
+
+    /// The order blocks are visited in takes each once, whatever their number.
+    #[test]
+    fn blocks_are_each_visited_once() {
+        for blocks in 1..300i64 {
+            let s = super::stride(blocks);
+            let mut seen: Vec<i64> = (0..blocks).map(|i| i * s % blocks).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..blocks).collect::<Vec<_>>(), "{blocks} blocks");
+        }
+        assert_eq!(super::stride(100), 61);
     }
 
     /// A deleted segment's backfill ends without deciding anything.

@@ -11,6 +11,7 @@ use seam_core::{Event, EventType, Millis, ProfileId};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use crate::backfill::Budget;
 use crate::backfill::{self, PROFILES_PER_STEP};
 pub use crate::backfill::{Preview, PREVIEW_SAMPLE};
 use crate::process::key;
@@ -259,26 +260,23 @@ impl Store {
         })
     }
 
-    /// What `expr` would hold at `now` over every live profile of the workspace (the segments it refers to
-    /// looked up in `library`): evaluated a range of profiles at a time, as a backfill is, in one read
-    /// transaction.
+    /// What `expr` would hold at `now` over the live profiles of the workspace (the segments it refers to
+    /// looked up in `library`): evaluated a block of profiles at a time, as a backfill reads them, in one read
+    /// transaction, until every profile is done or it has taken `time`.
     pub fn preview(
         &self,
         ws: WorkspaceKey,
         expr: &Expr,
         library: &Library,
         now: Millis,
+        time: Option<std::time::Duration>,
     ) -> Result<Preview, StoreError> {
+        let budget = Budget {
+            keys: PROFILES_PER_STEP as i64,
+            time,
+        };
         self.with_reader(|c| {
-            backfill::preview(
-                c,
-                backfill::READER,
-                ws.0,
-                expr,
-                library,
-                now,
-                PROFILES_PER_STEP,
-            )
+            backfill::preview(c, backfill::READER, ws.0, expr, library, now, budget)
         })
     }
 

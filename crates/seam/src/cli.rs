@@ -147,8 +147,8 @@ pub struct IngestBench {
     #[arg(long, conflicts_with = "url", num_args = 0..=1, default_missing_value = "3",
           value_parser = clap::value_parser!(u16).range(1..=20))]
     pub segments: Option<u16>,
-    /// After everything is applied, preview one more segment (its count over every profile), then define it and
-    /// time its backfill: every person evaluated against it over their whole history.
+    /// After everything is applied, preview one more segment (within the preview's time budget, then exactly),
+    /// then define it and time its backfill: every person evaluated against it over their whole history.
     #[arg(long, conflicts_with = "url")]
     pub backfill: bool,
     /// Print the report as JSON.

@@ -153,8 +153,34 @@ async fn preview_counts_and_samples_a_definition_before_it_is_saved() {
         .await;
     assert_eq!(s, 200, "{p}");
     assert_eq!(
-        (p["count"].as_u64(), p["profiles_evaluated"].as_u64()),
-        (Some(1), Some(3))
+        (
+            p["count"].as_u64(),
+            p["estimate"].as_u64(),
+            p["profiles_evaluated"].as_u64(),
+            p["profiles"].as_u64(),
+            p["complete"].as_bool()
+        ),
+        (Some(1), Some(1), Some(3), Some(3), Some(true))
+    );
+    let (s, exact) = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/segments/preview?exact=true",
+            Some(json!({"definition": seam_audiences::EXAMPLES[1].1})),
+        )
+        .await;
+    assert_eq!((s, &exact["count"]), (200, &p["count"]), "{exact}");
+    let (s, bad) = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/segments/preview?exact=yes",
+            Some(json!({"definition": seam_audiences::EXAMPLES[1].1})),
+        )
+        .await;
+    assert_eq!(
+        (s, &bad["errors"][0]["field"]),
+        (400, &json!("exact")),
+        "{bad}"
     );
     let (_, anna) = app.get("/v1/profiles/user_id:anna").await;
     assert_eq!(p["sample"], json!([anna["id"]]));

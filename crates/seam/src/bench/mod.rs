@@ -39,9 +39,20 @@ pub struct IngestReport {
     pub data_folder_mib: f64,
     /// Seconds from defining a new segment (after everything was applied) until every person was evaluated.
     pub backfill_secs: Option<f64>,
-    /// The preview of that segment before it was defined: seconds to answer, members counted, profiles
-    /// evaluated.
-    pub preview: Option<(f64, u64, u64)>,
+    /// The previews of that segment before it was defined.
+    pub preview: Option<PreviewReport>,
+}
+
+/// `POST /v1/segments/preview` timed as it answers by default (within its time budget) and with `exact=true`.
+#[derive(Debug, Serialize)]
+pub struct PreviewReport {
+    pub secs: f64,
+    pub estimate: u64,
+    pub complete: bool,
+    pub profiles_evaluated: u64,
+    pub profiles: u64,
+    pub exact_secs: f64,
+    pub exact_count: u64,
 }
 
 /// The segment `--backfill` defines: it reads product views (with a property filter) over 30 days.
@@ -386,15 +397,26 @@ pub async fn ingest(args: IngestBench) -> anyhow::Result<()> {
     let (peak, rss) = server.memory_mib();
     let (mut backfill_secs, mut preview) = (None, None);
     if args.backfill {
-        eprintln!("previewing one more segment…");
-        let (t, path) = (Stopwatch::start(), "/v1/segments/preview");
-        let p = post_segment(&client, &server, path, "Backfilled", BACKFILL_SEGMENT).await?;
-        let number = |field: &str| p[field].as_u64().context("a number in the preview");
-        preview = Some((
-            t.elapsed().as_secs_f64(),
-            number("count")?,
-            number("profiles_evaluated")?,
-        ));
+        eprintln!("previewing one more segment, within the time budget and exactly…");
+        let mut timed = vec![];
+        for path in ["/v1/segments/preview", "/v1/segments/preview?exact=true"] {
+            let t = Stopwatch::start();
+            let p = post_segment(&client, &server, path, "Backfilled", BACKFILL_SEGMENT).await?;
+            timed.push((t.elapsed().as_secs_f64(), p));
+        }
+        let number = |p: &serde_json::Value, field: &str| {
+            p[field].as_u64().context("a number in the preview")
+        };
+        let ((secs, p), (exact_secs, exact)) = (&timed[0], &timed[1]);
+        preview = Some(PreviewReport {
+            secs: *secs,
+            estimate: number(p, "estimate")?,
+            complete: p["complete"].as_bool().unwrap_or(false),
+            profiles_evaluated: number(p, "profiles_evaluated")?,
+            profiles: number(p, "profiles")?,
+            exact_secs: *exact_secs,
+            exact_count: number(exact, "count")?,
+        });
         eprintln!("defining it and waiting for its backfill…");
         let t = Stopwatch::start();
         post_segment(
@@ -472,9 +494,14 @@ fn print_report(r: &IngestReport, json: bool) -> anyhow::Result<()> {
             r.people as f64 / b
         );
     }
-    if let Some((secs, count, profiles)) = r.preview {
+    if let Some(p) = &r.preview {
+        let how = match p.complete {
+            true => "exact".to_owned(),
+            false => format!("estimated from {}", p.profiles_evaluated),
+        };
         println!(
-            "preview            {secs:.2} s for the same segment before it was saved: {count} members of {profiles} profiles"
+            "preview            {:.2} s for the same segment before it was saved: {} members ({how} of {} profiles); exact in {:.2} s: {}",
+            p.secs, p.estimate, p.profiles, p.exact_secs, p.exact_count
         );
     }
     Ok(())
