@@ -1,7 +1,7 @@
 //! The segments API: definitions (create, read, update, delete), preview, members, a profile's segments, and
 //! explain. Members and a profile's segments come from the memberships the projector keeps current; explain
-//! evaluates one person from scratch with `seam_audiences::eval`, and preview every live profile a range at a
-//! time (`Store::preview`).
+//! evaluates one person from scratch with `seam_audiences::eval`, and preview the live profiles a block at a
+//! time within a time budget (`Store::preview`).
 
 use std::collections::{HashMap, HashSet};
 

@@ -206,23 +206,6 @@ impl Store {
         Ok(())
     }
 
-    /// Live profiles after `after` (a profile key) in key order, at most `limit`.
-    pub fn profile_page(
-        &self,
-        ws: WorkspaceKey,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<ProfileId>, StoreError> {
-        self.with_reader(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT profile FROM p.profiles WHERE ws = ?1 AND profile > ?2 AND merged_into IS NULL
-                 ORDER BY profile LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![ws.0, after, limit as i64], |r| r.get::<_, i64>(0))?;
-            Ok(rows.map(|r| r.map(ProfileId::from_seq)).collect::<Result<_, _>>()?)
-        })
-    }
-
     /// Members of a segment after `after` (a profile key), in profile order, as the projector keeps them.
     pub fn members(
         &self,
