@@ -118,6 +118,31 @@ fn a_benchmark_refuses_a_zero_count_with_the_option_named() {
     }
 }
 
+/// The ingest benchmark end to end on a small shop: its preview, by default and exact, agrees with itself, and
+/// the backfill it times finishes.
+#[test]
+fn the_ingest_benchmark_previews_and_backfills_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = seam()
+        .args(["bench", "ingest", "--events", "2000", "--people", "200"])
+        .args(["--backfill", "--json", "--data"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &r["preview"];
+    assert_eq!(p["complete"], true, "{r}");
+    assert_eq!(p["estimate"], p["exact_count"], "{r}");
+    assert_eq!(p["profiles_evaluated"], p["profiles"], "{r}");
+    assert!(p["profiles"].as_u64().unwrap() >= 200, "{r}");
+    assert!(r["backfill_secs"].as_f64().is_some(), "{r}");
+}
+
 #[test]
 fn simulate_prints_the_timeline_of_a_shipped_scenario_and_refuses_a_broken_one() {
     let scenarios = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
