@@ -505,7 +505,7 @@ impl Processor {
                     EventType::SegmentDefined | EventType::ComputedTraitDefined
                 );
                 if event.kind == EventType::SegmentDefined && seq > self.decide_after {
-                    // Backfill: every live profile is evaluated against the new definition.
+                    // Backfill: the new definition over every live profile, a range at a time (`backfill`).
                     crate::backfill::queue(conn, ws, id)?;
                 } else if defined && seq > self.decide_after {
                     // A computed trait: every live profile is evaluated again (segments may read it).

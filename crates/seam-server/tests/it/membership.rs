@@ -158,22 +158,15 @@ async fn a_new_segment_is_backfilled_over_the_history() {
         )
         .await;
     assert_eq!(s, 200, "{updated}");
-    let (_, page) = app
-        .call(Method::GET, &format!("/v1/segments/{seg}/members"), None)
-        .await;
-    assert_eq!(
-        page["members"].as_array().unwrap().len(),
-        1,
-        "an edited definition is backfilled again"
-    );
-    let (_, page) = app
-        .call(Method::GET, &format!("/v1/segments/{fans}/members"), None)
-        .await;
-    assert_eq!(
-        page["members"].as_array().unwrap().len(),
-        1,
-        "a segment referring to it follows"
-    );
+    for (id, why) in [
+        (&seg, "an edited definition is backfilled again"),
+        (&fans, "a segment referring to it follows"),
+    ] {
+        let (_, page) = app
+            .call(Method::GET, &format!("/v1/segments/{id}/members"), None)
+            .await;
+        assert_eq!(page["members"].as_array().unwrap().len(), 1, "{why}");
+    }
 }
 
 #[tokio::test]

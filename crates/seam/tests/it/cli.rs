@@ -1,7 +1,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use crate::{init, seam};
+use crate::{init, json_of, seam};
 
 #[test]
 fn init_prints_the_keys_as_json_once() {
@@ -123,18 +123,12 @@ fn a_benchmark_refuses_a_zero_count_with_the_option_named() {
 #[test]
 fn the_ingest_benchmark_previews_and_backfills_a_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let out = seam()
-        .args(["bench", "ingest", "--events", "2000", "--people", "200"])
-        .args(["--backfill", "--json", "--data"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = json_of(
+        seam()
+            .args(["bench", "ingest", "--events", "2000", "--people", "200"])
+            .args(["--backfill", "--json", "--data"])
+            .arg(dir.path().join("data")),
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let p = &r["preview"];
     assert_eq!(p["complete"], true, "{r}");
     assert_eq!(p["estimate"], p["exact_count"], "{r}");

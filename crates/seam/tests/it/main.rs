@@ -16,19 +16,20 @@ pub fn seam() -> Command {
     c
 }
 
-/// Runs `seam init --json` and returns (write key, secret key).
-pub fn init(data: &Path) -> (String, String) {
-    let out = seam()
-        .args(["init", "--json", "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
+/// Runs a `seam` command that must succeed and returns what it printed, read as JSON.
+pub fn json_of(command: &mut Command) -> serde_json::Value {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs `seam init --json` and returns (write key, secret key).
+pub fn init(data: &Path) -> (String, String) {
+    let v = json_of(seam().args(["init", "--json", "--data"]).arg(data));
     (
         v["write_key"].as_str().unwrap().to_owned(),
         v["secret_key"].as_str().unwrap().to_owned(),
