@@ -299,6 +299,11 @@ impl Processor {
         self.decide_after = seq;
     }
 
+    /// Whether the event at `seq` is decided on live (a system event there was decided by this projection).
+    pub(crate) fn decides(&self, seq: Seq) -> bool {
+        seq > self.decide_after
+    }
+
     /// Marks a live profile for segment evaluation in this transaction, when the workspace has segments and
     /// the event is live. `before` is the person's latest track event before this one.
     fn queue_evaluation(
@@ -532,6 +537,17 @@ impl Processor {
             apply_membership(conn, ws, event)?;
         }
         if event.kind == EventType::JourneyStep && decided_here == 0 {
+            // Not in the outbox, yet after `decide_after`: only its person was read (`projector::slim_event`).
+            let whole: Event;
+            let event = if self.decides(seq) {
+                let body: String = conn
+                    .prepare_cached("SELECT body FROM log.events WHERE seq = ?1")?
+                    .query_row([seq], |r| r.get(0))?;
+                whole = serde_json::from_str(&body)?;
+                &whole
+            } else {
+                event
+            };
             let mut counts = crate::journeys::Counts::new();
             crate::journeys::apply_step(conn, ws, event, &mut counts)?;
             crate::journeys::write_counts(conn, &mut counts)?;

@@ -111,14 +111,28 @@ struct Slim<'a> {
     received_at: i64,
 }
 
-fn slim_event(body: &str) -> Result<Event, StoreError> {
+/// The person a journey step is of: all a step decided by this projection is read back for.
+#[derive(serde::Deserialize)]
+struct StepOf {
+    #[serde(default)]
+    profile_id: Option<String>,
+}
+
+/// `live`: the event is after `decide_after`, so a system event among them was decided by this projection
+/// and applied then; of a journey step (its run's state and rendered messages) only the person is read.
+fn slim_event(body: &str, live: bool) -> Result<Event, StoreError> {
     let s: Slim<'_> = serde_json::from_str(body)?;
     let mut e = Event::system(s.message_id, s.kind, s.timestamp, serde_json::Map::new());
     // System events are read whole; of received ones only a bounce (its message's address is suppressed).
-    if s.kind.kind() == seam_core::EventKind::System
-        || s.event.as_deref() == Some("Message Bounced")
-    {
-        if let Some(raw) = s.properties {
+    if let Some(raw) = s.properties {
+        if live && s.kind == seam_core::EventType::JourneyStep {
+            let step: StepOf = serde_json::from_str(raw.get())?;
+            if let Some(p) = step.profile_id {
+                e.properties.insert("profile_id".into(), p.into());
+            }
+        } else if s.kind.kind() == seam_core::EventKind::System
+            || s.event.as_deref() == Some("Message Bounced")
+        {
             e.properties = serde_json::from_str(raw.get())?;
         }
     }
@@ -267,7 +281,7 @@ impl Projector {
         let mut received = 0;
         let result = (|| {
             for (seq, ws, body, _) in &rows {
-                let event = slim_event(body)?;
+                let event = slim_event(body, self.processor.decides(*seq))?;
                 if event.kind.kind() == seam_core::EventKind::Received {
                     received += 1;
                 }
@@ -415,5 +429,87 @@ impl Projector {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{params, Connection};
+    use seam_core::{Event, EventType, ProfileId};
+    use seam_journeys::run::{Run, Status};
+    use serde_json::json;
+
+    use super::Projector;
+    use crate::schema::{migrate, LOG_MIGRATIONS, PROJECTION_MIGRATIONS};
+
+    /// A journey step after `decide_after` that the outbox does not hold is read whole and applied, though a
+    /// step read back is otherwise parsed only for its person.
+    #[test]
+    fn a_live_step_missing_from_the_outbox_is_applied_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Connection::open(dir.path().join("log.db")).unwrap();
+        migrate(&mut log, LOG_MIGRATIONS).unwrap();
+        let mut conn = Connection::open(dir.path().join("projections.db")).unwrap();
+        migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
+        let reader = Connection::open(dir.path().join("log.db")).unwrap();
+        let mut p = Projector::open(conn, reader, Default::default(), Default::default()).unwrap();
+        assert!(
+            p.processor.decides(1),
+            "an empty log: everything after it is live"
+        );
+
+        let profile = ProfileId::from_seq(7).to_string();
+        let run = Run {
+            id: "welcome-7".into(),
+            journey: "welcome".into(),
+            version: 1,
+            profile: profile.clone(),
+            entered_at: 1_000,
+            trigger: None,
+            node: 0,
+            step: 1,
+            wait: None,
+            cascade_at: 0,
+            messages: vec![],
+            status: Status::Active,
+            converted: false,
+        };
+        let props = json!({"run": run.id, "journey": "welcome", "version": 1, "profile_id": profile,
+                           "state": run, "effects": [{"entered": true}], "messages": []});
+        let event = Event::system(
+            "$seam:journey_step:welcome-7:1".into(),
+            EventType::JourneyStep,
+            1_000,
+            props.as_object().cloned().unwrap(),
+        );
+        log.execute(
+            "INSERT INTO events (seq, ws, message_id, type, name, ts, received_at, body)
+             VALUES (1, 1, ?1, 'journey_step', NULL, 1000, 1000, ?2)",
+            params![event.message_id, serde_json::to_string(&event).unwrap()],
+        )
+        .unwrap();
+
+        p.step(1, &seam_core::clock::ManualClock::new(2_000))
+            .unwrap();
+        let (journey, state): (String, String) = p
+            .conn
+            .query_row(
+                "SELECT journey, state FROM journey_runs WHERE ws = 1 AND run = 'welcome-7'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(journey, "welcome");
+        let back: Run = serde_json::from_str(&state).unwrap();
+        assert_eq!(back, run);
+        let entered: i64 = p
+            .conn
+            .query_row(
+                "SELECT n FROM journey_stats WHERE ws = 1 AND journey = 'welcome' AND counter = 'entered'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(entered, 1);
     }
 }
