@@ -118,12 +118,12 @@ struct StepOf {
     profile_id: Option<String>,
 }
 
-/// `live`: the event is after `decide_after`, so a system event among them was decided by this projection
-/// and applied then; of a journey step (its run's state and rendered messages) only the person is read.
+/// `live`: the event is after `decide_after`, so a system event there was decided by these projections and
+/// applied then; of a journey step (its run's state and rendered messages) only the person is read.
 fn slim_event(body: &str, live: bool) -> Result<Event, StoreError> {
     let s: Slim<'_> = serde_json::from_str(body)?;
     let mut e = Event::system(s.message_id, s.kind, s.timestamp, serde_json::Map::new());
-    // System events are read whole; of received ones only a bounce (its message's address is suppressed).
+    // Other system events are read whole; of received ones only a bounce (its message's address is suppressed).
     if let Some(raw) = s.properties {
         if live && s.kind == seam_core::EventType::JourneyStep {
             let step: StepOf = serde_json::from_str(raw.get())?;
