@@ -11,8 +11,7 @@ use seam_core::{Event, EventType, Millis, ProfileId};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::backfill::Budget;
-use crate::backfill::{self, PROFILES_PER_STEP};
+use crate::backfill::{self, Budget, PROFILES_PER_STEP};
 pub use crate::backfill::{Preview, PREVIEW_SAMPLE};
 use crate::process::key;
 use crate::read::{identities_of, state_of};
