@@ -364,10 +364,16 @@ impl Projector {
                     match self.pass(log_seq, &to_writer, &stats, clock.as_ref()) {
                         Ok(()) => {
                             failures = 0;
+                            // Between passes the projector holds no read on the log: the moment its WAL can
+                            // be started over, once it is past its limit.
                             if let Some((conn, wal)) = &self.log_wal {
-                                let limit = crate::writer::WAL_TRUNCATED_ABOVE;
-                                if let Err(e) = crate::writer::truncate_past(conn, wal, limit) {
-                                    tracing::warn!(error = %e, "truncating the log's WAL failed");
+                                use crate::writer::{checkpoint, TRUNCATE_LEFT_AT_MOST, WAL_TRUNCATED_ABOVE};
+                                let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+                                if size > WAL_TRUNCATED_ABOVE {
+                                    let done = checkpoint(conn, wal, WAL_TRUNCATED_ABOVE, TRUNCATE_LEFT_AT_MOST);
+                                    if let Err(e) = done {
+                                        tracing::warn!(error = %e, "truncating the log's WAL failed");
+                                    }
                                 }
                             }
                         }

@@ -149,89 +149,123 @@ fn append(tx: &Transaction<'_>, ws: i64, r: &LogRow) -> Result<Option<Seq>, Stor
 
 /// A WAL file larger than this is truncated once its frames are in the database file.
 pub(crate) const WAL_TRUNCATED_ABOVE: u64 = 256 << 20;
-/// How long a truncation waits for readers to finish before it gives up until the next second.
+/// How long a truncation waits for readers to finish before it gives up until the next try.
 pub(crate) const TRUNCATE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// A truncation starts only when at most this many WAL frames (4 KiB pages) are left to copy: it copies them
+/// while new writes wait, so this bounds how long a group commit can be held back (16 MiB, a fraction of a
+/// second), far below the writer's busy timeout.
+pub(crate) const TRUNCATE_LEFT_AT_MOST: i64 = 4096;
+
+/// What a [`checkpoint`] did to the WAL file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checkpointed {
+    /// The WAL is within its limit: its frames were copied as far as readers allow, the file kept.
+    Copied,
+    /// Past the limit, but more than [`TRUNCATE_LEFT_AT_MOST`] frames were left to copy (readers on older
+    /// snapshots): truncating now would hold the writer while they are copied, so the next try does it.
+    Behind { left: i64 },
+    /// Past the limit, but a reader still held the WAL after [`TRUNCATE_WAIT`].
+    Busy,
+    /// The WAL file was emptied.
+    Truncated,
+}
 
 /// Moves what it can of the WAL `wal` of `conn`'s database into the database file without blocking the writer.
 /// That never shrinks the WAL file, and while the writer appends and readers keep reading (the projector
 /// following the log), SQLite never gets the moment with no reader on the WAL that it needs to start the WAL
 /// over: under steady load the file grows without bound (15 GB on a 20-million-event ingest). So past `limit`
-/// bytes the WAL is truncated: new writes wait while the remaining frames are copied and current readers
-/// finish, which takes a moment since most frames were copied by the passive checkpoints before.
+/// bytes the WAL is truncated: new writes wait while the frames still to copy are copied and current readers
+/// finish. That wait is bounded: a truncation starts only once the copy without blocking left at most
+/// `left_at_most` frames, so it never copies seconds of writes while the writer waits (a truncation that
+/// started behind held a group commit past the writer's 5 s busy timeout on a 20-million-event ingest).
 pub(crate) fn checkpoint(
     conn: &Connection,
     wal: &std::path::Path,
     limit: u64,
-) -> rusqlite::Result<()> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-    truncate_past(conn, wal, limit)
-}
-
-/// Truncates the WAL `wal` of `conn`'s database when it is larger than `limit` bytes and no reader holds it
-/// (waiting for them as long as `conn`'s busy timeout).
-pub(crate) fn truncate_past(
-    conn: &Connection,
-    wal: &std::path::Path,
-    limit: u64,
-) -> rusqlite::Result<()> {
+    left_at_most: i64,
+) -> rusqlite::Result<Checkpointed> {
+    let (log, copied): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })?;
     let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
-    if size > limit {
-        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        if busy != 0 {
-            tracing::debug!(size, "the WAL could not be truncated yet; trying again");
-        }
+    if size <= limit {
+        return Ok(Checkpointed::Copied);
     }
-    Ok(())
+    let left = log - copied;
+    if left > left_at_most {
+        tracing::debug!(
+            size,
+            left,
+            "the WAL is behind its copy; truncating it later"
+        );
+        return Ok(Checkpointed::Behind { left });
+    }
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    if busy != 0 {
+        tracing::debug!(size, "the WAL could not be truncated yet; trying again");
+        return Ok(Checkpointed::Busy);
+    }
+    Ok(Checkpointed::Truncated)
 }
 
-/// The thread that moves the WAL of each database into its file every second without blocking the writer.
+/// The threads, one per database, that move each WAL into its file every second without blocking the writer:
+/// a slow copy of one file (the projections' pages are scattered) never delays the other's.
 pub(crate) struct Checkpointer {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    handle: JoinHandle<()>,
+    handles: Vec<JoinHandle<()>>,
 }
 
 impl Checkpointer {
-    /// Starts checkpointing `paths`; the thread ends when `alive` is gone or [`Checkpointer::stop`] is called.
+    /// Starts checkpointing `paths`; the threads end when `alive` is gone or [`Checkpointer::stop`] is called.
     pub(crate) fn start(
         paths: Vec<std::path::PathBuf>,
         alive: std::sync::Weak<Stats>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("seam-checkpoint".into())
-            .spawn(move || {
-                let conns: Vec<(Connection, std::path::PathBuf)> = paths
-                    .iter()
-                    .filter_map(|p| {
-                        let wal = std::path::PathBuf::from(format!("{}-wal", p.display()));
-                        let conn = Connection::open(p).ok()?;
+        let mut handles = Vec::with_capacity(paths.len());
+        for path in paths {
+            let stopped = stop.clone();
+            let alive = alive.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name("seam-checkpoint".into())
+                    .spawn(move || {
+                        let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+                        let Ok(conn) = Connection::open(&path) else {
+                            tracing::warn!("the checkpointer could not open its database");
+                            return;
+                        };
                         // A truncation holds new writes back while it waits for readers: briefly.
-                        conn.busy_timeout(TRUNCATE_WAIT).ok()?;
-                        Some((conn, wal))
-                    })
-                    .collect();
-                loop {
-                    std::thread::park_timeout(std::time::Duration::from_secs(1));
-                    if stopped.load(Ordering::SeqCst) || alive.upgrade().is_none() {
-                        break;
-                    }
-                    for (conn, wal) in &conns {
-                        if let Err(e) = checkpoint(conn, wal, WAL_TRUNCATED_ABOVE) {
-                            tracing::warn!(error = %e, "wal checkpoint failed");
+                        if conn.busy_timeout(TRUNCATE_WAIT).is_err() {
+                            return;
                         }
-                    }
-                }
-            })?;
-        Ok(Self { stop, handle })
+                        loop {
+                            std::thread::park_timeout(std::time::Duration::from_secs(1));
+                            if stopped.load(Ordering::SeqCst) || alive.upgrade().is_none() {
+                                break;
+                            }
+                            let done =
+                                checkpoint(&conn, &wal, WAL_TRUNCATED_ABOVE, TRUNCATE_LEFT_AT_MOST);
+                            if let Err(e) = done {
+                                tracing::warn!(error = %e, "wal checkpoint failed");
+                            }
+                        }
+                    })?,
+            );
+        }
+        Ok(Self { stop, handles })
     }
 
-    /// Stops the thread and waits until its connections are closed, so that nothing touches the data folder's
-    /// files once the store is shut down.
+    /// Stops the threads and waits until their connections are closed, so that nothing touches the data
+    /// folder's files once the store is shut down.
     pub(crate) fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.handle.thread().unpark();
-        let _ = self.handle.join();
+        for handle in &self.handles {
+            handle.thread().unpark();
+        }
+        for handle in self.handles {
+            let _ = handle.join();
+        }
     }
 }
 
@@ -239,7 +273,7 @@ impl Checkpointer {
 mod tests {
     use rusqlite::Connection;
 
-    use super::checkpoint;
+    use super::{checkpoint, Checkpointed};
 
     /// A WAL database with automatic checkpoints off and `rows` rows of 1 KB written.
     fn written(dir: &std::path::Path, rows: i64) -> (Connection, std::path::PathBuf) {
@@ -271,7 +305,10 @@ mod tests {
         // Under the limit: the frames are copied, the file keeps its size.
         let before = size(&wal);
         assert!(before > 1_000_000, "{before}");
-        checkpoint(&checkpointer, &wal, before).unwrap();
+        assert_eq!(
+            checkpoint(&checkpointer, &wal, before, 0).unwrap(),
+            Checkpointed::Copied
+        );
         assert_eq!(size(&wal), before);
 
         // A reader in a transaction keeps the WAL: no truncation, no error, no data lost.
@@ -284,17 +321,69 @@ mod tests {
         writer
             .execute("INSERT INTO t VALUES (zeroblob(1024))", [])
             .unwrap();
-        checkpoint(&checkpointer, &wal, 1_000).unwrap();
+        assert_eq!(
+            checkpoint(&checkpointer, &wal, 1_000, 10).unwrap(),
+            Checkpointed::Busy
+        );
         assert!(size(&wal) > 0);
 
         // Once it is done, the next pass truncates the file.
         reader.execute_batch("COMMIT").unwrap();
-        checkpoint(&checkpointer, &wal, 1_000).unwrap();
+        assert_eq!(
+            checkpoint(&checkpointer, &wal, 1_000, 10).unwrap(),
+            Checkpointed::Truncated
+        );
         assert_eq!(size(&wal), 0);
         let n: i64 = Connection::open(dir.path().join("t.db"))
             .unwrap()
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1_001);
+    }
+
+    /// A truncation copies what is left while the writer waits: when a reader on an old snapshot kept much of
+    /// the WAL from being copied, the truncation waits for a later try rather than copy it all with the writer
+    /// held back; once the copy caught up, it truncates.
+    #[test]
+    fn a_wal_far_behind_its_copy_is_not_truncated_until_the_copy_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, wal) = written(dir.path(), 10);
+        let checkpointer = Connection::open(dir.path().join("t.db")).unwrap();
+        checkpointer
+            .busy_timeout(std::time::Duration::from_millis(10))
+            .unwrap();
+        let reader = Connection::open(dir.path().join("t.db")).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let n: i64 = reader
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 10);
+        for _ in 0..500 {
+            writer
+                .execute("INSERT INTO t VALUES (zeroblob(1024))", [])
+                .unwrap();
+        }
+        match checkpoint(&checkpointer, &wal, 1_000, 100).unwrap() {
+            Checkpointed::Behind { left } => assert!(left > 100, "{left}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(size(&wal) > 0);
+        // The same WAL with no limit on what is left would be tried (and be busy while the reader stays).
+        assert_eq!(
+            checkpoint(&checkpointer, &wal, 1_000, i64::MAX).unwrap(),
+            Checkpointed::Busy
+        );
+
+        reader.execute_batch("COMMIT").unwrap();
+        assert_eq!(
+            checkpoint(&checkpointer, &wal, 1_000, 100).unwrap(),
+            Checkpointed::Truncated
+        );
+        assert_eq!(size(&wal), 0);
+        let n: i64 = Connection::open(dir.path().join("t.db"))
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 510);
     }
 }
