@@ -367,9 +367,8 @@ impl Projector {
                             // Between passes the projector holds no read on the log: the moment its WAL can
                             // be started over, once it is past its limit.
                             if let Some((conn, wal)) = &self.log_wal {
-                                use crate::writer::{checkpoint, TRUNCATE_LEFT_AT_MOST, WAL_TRUNCATED_ABOVE};
-                                let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
-                                if size > WAL_TRUNCATED_ABOVE {
+                                use crate::writer::{checkpoint, wal_size, TRUNCATE_LEFT_AT_MOST, WAL_TRUNCATED_ABOVE};
+                                if wal_size(wal) > WAL_TRUNCATED_ABOVE {
                                     let done = checkpoint(conn, wal, WAL_TRUNCATED_ABOVE, TRUNCATE_LEFT_AT_MOST);
                                     if let Err(e) = done {
                                         tracing::warn!(error = %e, "truncating the log's WAL failed");

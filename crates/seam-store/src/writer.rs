@@ -187,7 +187,7 @@ pub(crate) fn checkpoint(
     let (log, copied): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((r.get(1)?, r.get(2)?))
     })?;
-    let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+    let size = wal_size(wal);
     if size <= limit {
         return Ok(Checkpointed::Copied);
     }
@@ -206,6 +206,11 @@ pub(crate) fn checkpoint(
         return Ok(Checkpointed::Busy);
     }
     Ok(Checkpointed::Truncated)
+}
+
+/// The size of the WAL file `wal` in bytes (0 when there is none).
+pub(crate) fn wal_size(wal: &std::path::Path) -> u64 {
+    std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
 }
 
 /// The threads, one per database, that move each WAL into its file every second without blocking the writer:
@@ -273,7 +278,7 @@ impl Checkpointer {
 mod tests {
     use rusqlite::Connection;
 
-    use super::{checkpoint, Checkpointed};
+    use super::{checkpoint, wal_size as size, Checkpointed};
 
     /// A WAL database with automatic checkpoints off and `rows` rows of 1 KB written.
     fn written(dir: &std::path::Path, rows: i64) -> (Connection, std::path::PathBuf) {
@@ -287,10 +292,6 @@ mod tests {
                 .unwrap();
         }
         (conn, dir.join("t.db-wal"))
-    }
-
-    fn size(path: &std::path::Path) -> u64 {
-        std::fs::metadata(path).unwrap().len()
     }
 
     #[test]
