@@ -152,8 +152,8 @@ pub(crate) const WAL_TRUNCATED_ABOVE: u64 = 256 << 20;
 /// How long a truncation waits for readers to finish before it gives up until the next try.
 pub(crate) const TRUNCATE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// A truncation starts only when at most this many WAL frames (4 KiB pages) are left to copy: it copies them
-/// while new writes wait, so this bounds how long a group commit can be held back (16 MiB, a fraction of a
-/// second), far below the writer's busy timeout.
+/// while new writes wait, so this bounds how long a group commit can be held back (16 MiB of pages to copy),
+/// far below the writer's busy timeout.
 pub(crate) const TRUNCATE_LEFT_AT_MOST: i64 = 4096;
 
 /// What a [`checkpoint`] did to the WAL file.
@@ -164,7 +164,7 @@ pub(crate) enum Checkpointed {
     /// Past the limit, but more than [`TRUNCATE_LEFT_AT_MOST`] frames were left to copy (readers on older
     /// snapshots): truncating now would hold the writer while they are copied, so the next try does it.
     Behind { left: i64 },
-    /// Past the limit, but a reader still held the WAL after [`TRUNCATE_WAIT`].
+    /// Past the limit, but a reader still held the WAL (or a writer its lock) after [`TRUNCATE_WAIT`].
     Busy,
     /// The WAL file was emptied.
     Truncated,
@@ -294,14 +294,32 @@ mod tests {
         (conn, dir.join("t.db-wal"))
     }
 
+    /// Another connection on the database of [`written`], waiting at most 10 ms for a lock.
+    fn open(dir: &std::path::Path) -> Connection {
+        let conn = Connection::open(dir.join("t.db")).unwrap();
+        conn.busy_timeout(std::time::Duration::from_millis(10))
+            .unwrap();
+        conn
+    }
+
+    fn rows(conn: &Connection) -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A reader in a transaction that has read the `expected` rows: it holds its snapshot of the WAL.
+    fn reading(dir: &std::path::Path, expected: i64) -> Connection {
+        let reader = open(dir);
+        reader.execute_batch("BEGIN").unwrap();
+        assert_eq!(rows(&reader), expected);
+        reader
+    }
+
     #[test]
     fn a_wal_past_the_limit_is_truncated_once_no_reader_holds_it() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, wal) = written(dir.path(), 1_000);
-        let checkpointer = Connection::open(dir.path().join("t.db")).unwrap();
-        checkpointer
-            .busy_timeout(std::time::Duration::from_millis(10))
-            .unwrap();
+        let checkpointer = open(dir.path());
 
         // Under the limit: the frames are copied, the file keeps its size.
         let before = size(&wal);
@@ -313,12 +331,7 @@ mod tests {
         assert_eq!(size(&wal), before);
 
         // A reader in a transaction keeps the WAL: no truncation, no error, no data lost.
-        let reader = Connection::open(dir.path().join("t.db")).unwrap();
-        reader.execute_batch("BEGIN").unwrap();
-        let n: i64 = reader
-            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 1_000);
+        let reader = reading(dir.path(), 1_000);
         writer
             .execute("INSERT INTO t VALUES (zeroblob(1024))", [])
             .unwrap();
@@ -335,11 +348,7 @@ mod tests {
             Checkpointed::Truncated
         );
         assert_eq!(size(&wal), 0);
-        let n: i64 = Connection::open(dir.path().join("t.db"))
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 1_001);
+        assert_eq!(rows(&open(dir.path())), 1_001);
     }
 
     /// A truncation copies what is left while the writer waits: when a reader on an old snapshot kept much of
@@ -349,16 +358,8 @@ mod tests {
     fn a_wal_far_behind_its_copy_is_not_truncated_until_the_copy_catches_up() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, wal) = written(dir.path(), 10);
-        let checkpointer = Connection::open(dir.path().join("t.db")).unwrap();
-        checkpointer
-            .busy_timeout(std::time::Duration::from_millis(10))
-            .unwrap();
-        let reader = Connection::open(dir.path().join("t.db")).unwrap();
-        reader.execute_batch("BEGIN").unwrap();
-        let n: i64 = reader
-            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 10);
+        let checkpointer = open(dir.path());
+        let reader = reading(dir.path(), 10);
         for _ in 0..500 {
             writer
                 .execute("INSERT INTO t VALUES (zeroblob(1024))", [])
@@ -381,10 +382,6 @@ mod tests {
             Checkpointed::Truncated
         );
         assert_eq!(size(&wal), 0);
-        let n: i64 = Connection::open(dir.path().join("t.db"))
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 510);
+        assert_eq!(rows(&open(dir.path())), 510);
     }
 }
