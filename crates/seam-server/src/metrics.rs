@@ -83,6 +83,16 @@ pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
         "Transactions committed by the log writer.",
         load(&st.commits),
     );
+    counter(
+        "seam_wal_truncations_total",
+        "WAL files (the log's or the projections') started over once past their limit.",
+        load(&st.wal_truncations),
+    );
+    counter(
+        "seam_wal_truncations_deferred_total",
+        "Truncations of a WAL past its limit put off because readers held it or too much was left to copy.",
+        load(&st.wal_truncations_deferred),
+    );
     let _ = writeln!(
         out,
         "# HELP seam_http_requests_total Collection requests answered, by status."

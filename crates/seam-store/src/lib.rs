@@ -100,6 +100,12 @@ pub struct Stats {
     pub passes: AtomicU64,
     /// Group commits done.
     pub commits: AtomicU64,
+    /// WAL files (the log's or the projections') started over once past their limit.
+    pub wal_truncations: AtomicU64,
+    /// Truncations of a WAL past its limit put off to a later try: a reader still held it, or more was left to
+    /// copy than a truncation may copy while writes wait. Rising while `wal_truncations` stays means the WAL
+    /// file keeps growing.
+    pub wal_truncations_deferred: AtomicU64,
 }
 
 /// One event as the log stores it: the columns and the JSON body. Built in the caller's thread, so that the log

@@ -369,9 +369,9 @@ impl Projector {
                             if let Some((conn, wal)) = &self.log_wal {
                                 use crate::writer::{checkpoint, wal_size, TRUNCATE_LEFT_AT_MOST, WAL_TRUNCATED_ABOVE};
                                 if wal_size(wal) > WAL_TRUNCATED_ABOVE {
-                                    let done = checkpoint(conn, wal, WAL_TRUNCATED_ABOVE, TRUNCATE_LEFT_AT_MOST);
-                                    if let Err(e) = done {
-                                        tracing::warn!(error = %e, "truncating the log's WAL failed");
+                                    match checkpoint(conn, wal, WAL_TRUNCATED_ABOVE, TRUNCATE_LEFT_AT_MOST) {
+                                        Ok(done) => done.count(&stats),
+                                        Err(e) => tracing::warn!(error = %e, "truncating the log's WAL failed"),
                                     }
                                 }
                             }

@@ -208,6 +208,18 @@ pub(crate) fn checkpoint(
     Ok(Checkpointed::Truncated)
 }
 
+impl Checkpointed {
+    /// Counts a truncation, or one put off, in `stats`.
+    pub(crate) fn count(self, stats: &Stats) {
+        let counter = match self {
+            Checkpointed::Copied => return,
+            Checkpointed::Truncated => &stats.wal_truncations,
+            Checkpointed::Behind { .. } | Checkpointed::Busy => &stats.wal_truncations_deferred,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The size of the WAL file `wal` in bytes (0 when there is none).
 pub(crate) fn wal_size(wal: &std::path::Path) -> u64 {
     std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
@@ -246,13 +258,20 @@ impl Checkpointer {
                         }
                         loop {
                             std::thread::park_timeout(std::time::Duration::from_secs(1));
-                            if stopped.load(Ordering::SeqCst) || alive.upgrade().is_none() {
+                            let Some(stats) = alive.upgrade() else {
+                                break;
+                            };
+                            if stopped.load(Ordering::SeqCst) {
                                 break;
                             }
-                            let done =
-                                checkpoint(&conn, &wal, WAL_TRUNCATED_ABOVE, TRUNCATE_LEFT_AT_MOST);
-                            if let Err(e) = done {
-                                tracing::warn!(error = %e, "wal checkpoint failed");
+                            match checkpoint(
+                                &conn,
+                                &wal,
+                                WAL_TRUNCATED_ABOVE,
+                                TRUNCATE_LEFT_AT_MOST,
+                            ) {
+                                Ok(done) => done.count(&stats),
+                                Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
                             }
                         }
                     })?,
@@ -365,23 +384,28 @@ mod tests {
                 .execute("INSERT INTO t VALUES (zeroblob(1024))", [])
                 .unwrap();
         }
-        match checkpoint(&checkpointer, &wal, 1_000, 100).unwrap() {
+        let stats = crate::Stats::default();
+        let behind = checkpoint(&checkpointer, &wal, 1_000, 100).unwrap();
+        match behind {
             Checkpointed::Behind { left } => assert!(left > 100, "{left}"),
             other => panic!("{other:?}"),
         }
+        behind.count(&stats);
         assert!(size(&wal) > 0);
         // The same WAL with no limit on what is left would be tried (and be busy while the reader stays).
-        assert_eq!(
-            checkpoint(&checkpointer, &wal, 1_000, i64::MAX).unwrap(),
-            Checkpointed::Busy
-        );
+        let busy = checkpoint(&checkpointer, &wal, 1_000, i64::MAX).unwrap();
+        assert_eq!(busy, Checkpointed::Busy);
+        busy.count(&stats);
 
         reader.execute_batch("COMMIT").unwrap();
-        assert_eq!(
-            checkpoint(&checkpointer, &wal, 1_000, 100).unwrap(),
-            Checkpointed::Truncated
-        );
+        let truncated = checkpoint(&checkpointer, &wal, 1_000, 100).unwrap();
+        assert_eq!(truncated, Checkpointed::Truncated);
+        truncated.count(&stats);
         assert_eq!(size(&wal), 0);
+        // What `/metrics` shows: two put off, one done.
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(load(&stats.wal_truncations_deferred), 2);
+        assert_eq!(load(&stats.wal_truncations), 1);
         assert_eq!(rows(&open(dir.path())), 510);
     }
 }
