@@ -259,7 +259,7 @@ impl Store {
         wakeup.log_advanced(stats.log_seq.load(Ordering::SeqCst));
         let (applied_tx, applied_rx) = watch::channel(0);
         let projections = open_connection(&data_dir.join(PROJECTIONS_FILE), false)?;
-        // The checkpointer copies the projections' WAL too: the projector never stops to do it in a commit.
+        // A checkpointer thread of its own copies the projections' WAL: the projector never stops to do it in a commit.
         projections.pragma_update(None, "wal_autocheckpoint", 0)?;
         let projector = projector::Projector::open(
             projections,
