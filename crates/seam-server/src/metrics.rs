@@ -84,14 +84,14 @@ pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
         load(&st.commits),
     );
     counter(
-        "seam_wal_truncations_total",
-        "WAL files (the log's or the projections') started over once past their limit.",
-        load(&st.wal_truncations),
+        "seam_wal_restarts_total",
+        "WALs (the log's or the projections') started over once past their limit.",
+        load(&st.wal_restarts),
     );
     counter(
-        "seam_wal_truncations_deferred_total",
-        "Truncations of a WAL past its limit put off because readers held it or too much was left to copy.",
-        load(&st.wal_truncations_deferred),
+        "seam_wal_restarts_deferred_total",
+        "Restarts of a WAL past its limit put off because readers held it or too much was left to copy.",
+        load(&st.wal_restarts_deferred),
     );
     let _ = writeln!(
         out,

@@ -100,12 +100,12 @@ pub struct Stats {
     pub passes: AtomicU64,
     /// Group commits done.
     pub commits: AtomicU64,
-    /// WAL files (the log's or the projections') started over once past their limit.
-    pub wal_truncations: AtomicU64,
-    /// Truncations of a WAL past its limit put off to a later try: a reader still held it, or more was left to
-    /// copy than a truncation may copy while writes wait. Rising while `wal_truncations` stays means the WAL
-    /// file keeps growing.
-    pub wal_truncations_deferred: AtomicU64,
+    /// WALs (the log's or the projections') started over once past their limit.
+    pub wal_restarts: AtomicU64,
+    /// WALs past their limit whose start over was put off to a later try: a reader still held it, or more was
+    /// left to copy than may be copied while writes wait. Rising while `wal_restarts` stays means the WAL keeps
+    /// growing.
+    pub wal_restarts_deferred: AtomicU64,
 }
 
 /// One event as the log stores it: the columns and the JSON body. Built in the caller's thread, so that the log
@@ -267,10 +267,10 @@ impl Store {
             rules.clone(),
             delivery,
         )?
-        .truncating_log_wal(
+        .restarting_log_wal(
             {
                 let c = open_connection(&data_dir.join(DB_FILE), false)?;
-                c.busy_timeout(writer::TRUNCATE_WAIT)?;
+                c.busy_timeout(writer::RESTART_WAIT)?;
                 c
             },
             data_dir.join(format!("{DB_FILE}-wal")),

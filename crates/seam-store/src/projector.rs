@@ -164,9 +164,10 @@ pub(crate) struct Projector {
     processor: Processor,
     pub(crate) applied_seq: Seq,
     delivery: crate::journeys::Delivery,
-    /// A writable connection on the log and the path of its WAL, for truncating it between passes: the
+    /// A writable connection on the log and the path of its WAL, for starting it over between passes: the
     /// projector reads the log nearly all the time, so between its own passes is when no reader holds the WAL.
-    log_wal: Option<(Connection, std::path::PathBuf)>,
+    /// With the time of the last try: at most one a second.
+    log_wal: Option<(Connection, std::path::PathBuf, seam_core::clock::Stopwatch)>,
 }
 
 impl Projector {
@@ -214,9 +215,9 @@ impl Projector {
         })
     }
 
-    /// Truncates the log's WAL (see `writer::truncate_past`) between passes, through `conn`.
-    pub(crate) fn truncating_log_wal(mut self, conn: Connection, wal: std::path::PathBuf) -> Self {
-        self.log_wal = Some((conn, wal));
+    /// Starts the log's WAL over (see `writer::checkpoint`) between passes, through `conn`.
+    pub(crate) fn restarting_log_wal(mut self, conn: Connection, wal: std::path::PathBuf) -> Self {
+        self.log_wal = Some((conn, wal, seam_core::clock::Stopwatch::start()));
         self
     }
 
@@ -366,12 +367,12 @@ impl Projector {
                             failures = 0;
                             // Between passes the projector holds no read on the log: the moment its WAL can
                             // be started over, once it is past its limit.
-                            if let Some((conn, wal)) = &self.log_wal {
-                                use crate::writer::{checkpoint, wal_size, TRUNCATE_LEFT_AT_MOST, WAL_TRUNCATED_ABOVE};
-                                if wal_size(wal) > WAL_TRUNCATED_ABOVE {
-                                    match checkpoint(conn, wal, WAL_TRUNCATED_ABOVE, TRUNCATE_LEFT_AT_MOST) {
+                            if let Some((conn, wal, last)) = &mut self.log_wal {
+                                if last.elapsed() >= std::time::Duration::from_secs(1) {
+                                    *last = seam_core::clock::Stopwatch::start();
+                                    match crate::writer::checkpoint(conn, wal, crate::writer::WAL_LIMITS) {
                                         Ok(done) => done.count(&stats),
-                                        Err(e) => tracing::warn!(error = %e, "truncating the log's WAL failed"),
+                                        Err(e) => tracing::warn!(error = %e, "starting the log's WAL over failed"),
                                     }
                                 }
                             }

@@ -147,74 +147,106 @@ fn append(tx: &Transaction<'_>, ws: i64, r: &LogRow) -> Result<Option<Seq>, Stor
     Ok((n == 1).then(|| tx.last_insert_rowid()))
 }
 
-/// A WAL file larger than this is truncated once its frames are in the database file.
-pub(crate) const WAL_TRUNCATED_ABOVE: u64 = 256 << 20;
-/// How long a truncation waits for readers to finish before it gives up until the next try.
-pub(crate) const TRUNCATE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
-/// A truncation starts only when at most this many WAL frames (4 KiB pages) are left to copy: it copies them
-/// while new writes wait, so this bounds how long a group commit can be held back (16 MiB of pages to copy),
-/// far below the writer's busy timeout.
-pub(crate) const TRUNCATE_LEFT_AT_MOST: i64 = 4096;
+/// When a WAL is started over (see [`checkpoint`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WalLimits {
+    /// A WAL holding more than this many bytes of frames is started over once they are in the database file.
+    pub restart_above: u64,
+    /// ... only when at most this many frames are left to copy: they are copied while new writes wait, so this
+    /// bounds how long a group commit can be held back.
+    pub left_at_most: i64,
+    /// A WAL file larger than this (it grew while a reader held it) is truncated rather than reused when it is
+    /// started over, so that the disk it holds stays bounded.
+    pub truncate_file_above: u64,
+}
 
-/// What a [`checkpoint`] did to the WAL file.
+/// The limits of Seam's WALs: started over past 256 MiB of frames, with at most 4,096 frames (16 MiB of 4 KiB
+/// pages) left to copy while writes wait — far below the writer's busy timeout; a file past 1 GiB is truncated.
+pub(crate) const WAL_LIMITS: WalLimits = WalLimits {
+    restart_above: 256 << 20,
+    left_at_most: 4096,
+    truncate_file_above: 1 << 30,
+};
+
+/// How long starting a WAL over waits for readers to finish before it gives up until the next try.
+pub(crate) const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What a [`checkpoint`] did to the WAL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Checkpointed {
-    /// The WAL is within its limit: its frames were copied as far as readers allow, the file kept.
+    /// The WAL is within its limit: its frames were copied as far as readers allow.
     Copied,
-    /// Past the limit, but more than [`TRUNCATE_LEFT_AT_MOST`] frames were left to copy (readers on older
-    /// snapshots): truncating now would hold the writer while they are copied, so the next try does it.
+    /// Past the limit, but more than [`WalLimits::left_at_most`] frames were left to copy (readers on older
+    /// snapshots): starting over now would hold the writer while they are copied, so the next try does it.
     Behind { left: i64 },
-    /// Past the limit, but a reader still held the WAL (or a writer its lock) after [`TRUNCATE_WAIT`].
+    /// Past the limit, but a reader still held the WAL (or a writer its lock) after [`RESTART_WAIT`].
     Busy,
-    /// The WAL file was emptied.
+    /// Every frame is in the database file and the next write starts the WAL file over from its beginning,
+    /// writing over the blocks it already has.
+    Restarted,
+    /// As `Restarted`, and the file, past [`WalLimits::truncate_file_above`], was emptied.
     Truncated,
 }
 
 /// Moves what it can of the WAL `wal` of `conn`'s database into the database file without blocking the writer.
-/// That never shrinks the WAL file, and while the writer appends and readers keep reading (the projector
-/// following the log), SQLite never gets the moment with no reader on the WAL that it needs to start the WAL
-/// over: under steady load the file grows without bound (15 GB on a 20-million-event ingest). So past `limit`
-/// bytes the WAL is truncated: new writes wait while the frames still to copy are copied and current readers
-/// finish. That wait is bounded: a truncation starts only once the copy without blocking left at most
-/// `left_at_most` frames, so it never copies seconds of writes while the writer waits (a truncation that
-/// started behind held a group commit past the writer's 5 s busy timeout on a 20-million-event ingest).
+/// While the writer appends and readers keep reading (the projector following the log), SQLite never gets the
+/// moment with no reader on the WAL that it needs to start the WAL over: under steady load it grows without
+/// bound (15 GB on a 20-million-event ingest). So once it holds more than `limits.restart_above` bytes it is
+/// started over: new writes wait while the frames still to copy are copied and current readers finish. That wait
+/// is bounded: it starts only once the copy without blocking left at most `limits.left_at_most` frames (one that started behind held
+/// a group commit past the writer's 5 s busy timeout on a 20-million-event ingest), after the pages copied
+/// so far are flushed to disk without blocking anyone, and the WAL file is kept for the next writes rather
+/// than truncated (emptying a 256 MiB file took 250 ms on this machine's disk, all of it holding the writer).
 pub(crate) fn checkpoint(
     conn: &Connection,
     wal: &std::path::Path,
-    limit: u64,
-    left_at_most: i64,
-) -> rusqlite::Result<Checkpointed> {
+    limits: WalLimits,
+) -> Result<Checkpointed, StoreError> {
     let (log, copied): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((r.get(1)?, r.get(2)?))
     })?;
-    let size = wal_size(wal);
-    if size <= limit {
+    let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    // A frame is a page and its 24-byte header.
+    let held = log.max(0) as u64 * (page as u64 + 24);
+    if held <= limits.restart_above {
         return Ok(Checkpointed::Copied);
     }
     let left = log - copied;
-    if left > left_at_most {
+    if left > limits.left_at_most {
         tracing::debug!(
-            size,
+            held,
             left,
-            "the WAL is behind its copy; truncating it later"
+            "the WAL is behind its copy; starting it over later"
         );
         return Ok(Checkpointed::Behind { left });
     }
-    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    // SQLite flushes the database file only when a checkpoint copied the whole WAL, so the pages the passive
+    // checkpoints copied are still in the page cache: flushed here, the restart below has only its own to flush
+    // while writes wait.
+    if let Some(path) = conn.path().filter(|p| !p.is_empty()) {
+        std::fs::File::open(path)?.sync_data()?;
+    }
+    let truncate = wal_size(wal) > limits.truncate_file_above;
+    let mode = if truncate { "TRUNCATE" } else { "RESTART" };
+    let busy: i64 = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(0))?;
     if busy != 0 {
-        tracing::debug!(size, "the WAL could not be truncated yet; trying again");
+        tracing::debug!(held, "the WAL could not be started over yet; trying again");
         return Ok(Checkpointed::Busy);
     }
-    Ok(Checkpointed::Truncated)
+    Ok(if truncate {
+        Checkpointed::Truncated
+    } else {
+        Checkpointed::Restarted
+    })
 }
 
 impl Checkpointed {
-    /// Counts a truncation, or one put off, in `stats`.
+    /// Counts a WAL started over, or one put off, in `stats`.
     pub(crate) fn count(self, stats: &Stats) {
         let counter = match self {
             Checkpointed::Copied => return,
-            Checkpointed::Truncated => &stats.wal_truncations,
-            Checkpointed::Behind { .. } | Checkpointed::Busy => &stats.wal_truncations_deferred,
+            Checkpointed::Restarted | Checkpointed::Truncated => &stats.wal_restarts,
+            Checkpointed::Behind { .. } | Checkpointed::Busy => &stats.wal_restarts_deferred,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -252,8 +284,8 @@ impl Checkpointer {
                             tracing::warn!("the checkpointer could not open its database");
                             return;
                         };
-                        // A truncation holds new writes back while it waits for readers: briefly.
-                        if conn.busy_timeout(TRUNCATE_WAIT).is_err() {
+                        // Starting the WAL over holds new writes back while it waits for readers: briefly.
+                        if conn.busy_timeout(RESTART_WAIT).is_err() {
                             return;
                         }
                         loop {
@@ -264,12 +296,7 @@ impl Checkpointer {
                             if stopped.load(Ordering::SeqCst) {
                                 break;
                             }
-                            match checkpoint(
-                                &conn,
-                                &wal,
-                                WAL_TRUNCATED_ABOVE,
-                                TRUNCATE_LEFT_AT_MOST,
-                            ) {
+                            match checkpoint(&conn, &wal, WAL_LIMITS) {
                                 Ok(done) => done.count(&stats),
                                 Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
                             }
@@ -297,7 +324,7 @@ impl Checkpointer {
 mod tests {
     use rusqlite::Connection;
 
-    use super::{checkpoint, wal_size as size, Checkpointed};
+    use super::{checkpoint, wal_size as size, Checkpointed, WalLimits};
 
     /// A WAL database with automatic checkpoints off and `rows` rows of 1 KB written.
     fn written(dir: &std::path::Path, rows: i64) -> (Connection, std::path::PathBuf) {
@@ -334,78 +361,119 @@ mod tests {
         reader
     }
 
+    /// Limits for a test: started over past `restart_above` bytes of frames, with at most `left_at_most` left.
+    fn limits(restart_above: u64, left_at_most: i64) -> WalLimits {
+        WalLimits {
+            restart_above,
+            left_at_most,
+            truncate_file_above: u64::MAX,
+        }
+    }
+
+    /// Frames in the WAL (what the last writes put there since it was started over).
+    fn frames(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .unwrap()
+    }
+
+    fn insert(conn: &Connection, n: usize) {
+        for _ in 0..n {
+            conn.execute("INSERT INTO t VALUES (zeroblob(1024))", [])
+                .unwrap();
+        }
+    }
+
     #[test]
-    fn a_wal_past_the_limit_is_truncated_once_no_reader_holds_it() {
+    fn a_wal_past_the_limit_is_started_over_once_no_reader_holds_it() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, wal) = written(dir.path(), 1_000);
         let checkpointer = open(dir.path());
 
-        // Under the limit: the frames are copied, the file keeps its size.
+        // A reader in a transaction holds the WAL (its snapshot is in it) while the writer goes on.
+        let reader = reading(dir.path(), 1_000);
+        insert(&writer, 1);
+
+        // Under the limit: the frames are copied as far as the reader allows, the file keeps its size.
         let before = size(&wal);
         assert!(before > 1_000_000, "{before}");
         assert_eq!(
-            checkpoint(&checkpointer, &wal, before, 0).unwrap(),
+            checkpoint(&checkpointer, &wal, limits(before, 0)).unwrap(),
             Checkpointed::Copied
         );
         assert_eq!(size(&wal), before);
 
-        // A reader in a transaction keeps the WAL: no truncation, no error, no data lost.
-        let reader = reading(dir.path(), 1_000);
-        writer
-            .execute("INSERT INTO t VALUES (zeroblob(1024))", [])
-            .unwrap();
+        // Past it: not started over while the reader stays, no error, no data lost.
         assert_eq!(
-            checkpoint(&checkpointer, &wal, 1_000, 10).unwrap(),
+            checkpoint(&checkpointer, &wal, limits(1_000, 10)).unwrap(),
             Checkpointed::Busy
         );
-        assert!(size(&wal) > 0);
+        let held = frames(&checkpointer);
+        assert!(held > 1_000, "{held}");
 
-        // Once it is done, the next pass truncates the file.
+        // Once it is done, the next pass starts it over: the next writes go to the beginning of the same file.
         reader.execute_batch("COMMIT").unwrap();
         assert_eq!(
-            checkpoint(&checkpointer, &wal, 1_000, 10).unwrap(),
+            checkpoint(&checkpointer, &wal, limits(1_000, 10)).unwrap(),
+            Checkpointed::Restarted
+        );
+        let file = size(&wal);
+        insert(&writer, 10);
+        assert_eq!(size(&wal), file, "the file is written over, not grown");
+        assert!(frames(&checkpointer) < 50, "{}", frames(&checkpointer));
+        assert_eq!(rows(&open(dir.path())), 1_011);
+    }
+
+    /// A WAL file that grew past its bound (a reader held it) is emptied when it is started over.
+    #[test]
+    fn a_wal_file_past_its_bound_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, wal) = written(dir.path(), 100);
+        let checkpointer = open(dir.path());
+        let bounded = WalLimits {
+            truncate_file_above: 10_000,
+            ..limits(1_000, 10)
+        };
+        assert_eq!(
+            checkpoint(&checkpointer, &wal, bounded).unwrap(),
             Checkpointed::Truncated
         );
         assert_eq!(size(&wal), 0);
-        assert_eq!(rows(&open(dir.path())), 1_001);
+        insert(&writer, 1);
+        assert_eq!(rows(&open(dir.path())), 101);
     }
 
-    /// A truncation copies what is left while the writer waits: when a reader on an old snapshot kept much of
-    /// the WAL from being copied, the truncation waits for a later try rather than copy it all with the writer
-    /// held back; once the copy caught up, it truncates.
+    /// Starting a WAL over copies what is left while the writer waits: when a reader on an old snapshot kept much
+    /// of the WAL from being copied, it waits for a later try rather than copy it all with the writer held back;
+    /// once the copy caught up, it is started over.
     #[test]
-    fn a_wal_far_behind_its_copy_is_not_truncated_until_the_copy_catches_up() {
+    fn a_wal_far_behind_its_copy_is_not_started_over_until_the_copy_catches_up() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, wal) = written(dir.path(), 10);
         let checkpointer = open(dir.path());
         let reader = reading(dir.path(), 10);
-        for _ in 0..500 {
-            writer
-                .execute("INSERT INTO t VALUES (zeroblob(1024))", [])
-                .unwrap();
-        }
+        insert(&writer, 500);
         let stats = crate::Stats::default();
-        let behind = checkpoint(&checkpointer, &wal, 1_000, 100).unwrap();
+        let behind = checkpoint(&checkpointer, &wal, limits(1_000, 100)).unwrap();
         match behind {
             Checkpointed::Behind { left } => assert!(left > 100, "{left}"),
             other => panic!("{other:?}"),
         }
         behind.count(&stats);
-        assert!(size(&wal) > 0);
         // The same WAL with no limit on what is left would be tried (and be busy while the reader stays).
-        let busy = checkpoint(&checkpointer, &wal, 1_000, i64::MAX).unwrap();
+        let busy = checkpoint(&checkpointer, &wal, limits(1_000, i64::MAX)).unwrap();
         assert_eq!(busy, Checkpointed::Busy);
         busy.count(&stats);
 
         reader.execute_batch("COMMIT").unwrap();
-        let truncated = checkpoint(&checkpointer, &wal, 1_000, 100).unwrap();
-        assert_eq!(truncated, Checkpointed::Truncated);
-        truncated.count(&stats);
-        assert_eq!(size(&wal), 0);
+        let restarted = checkpoint(&checkpointer, &wal, limits(1_000, 100)).unwrap();
+        assert_eq!(restarted, Checkpointed::Restarted);
+        restarted.count(&stats);
+        insert(&writer, 1);
+        assert!(frames(&checkpointer) < 10, "{}", frames(&checkpointer));
         // What `/metrics` shows: two put off, one done.
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(load(&stats.wal_truncations_deferred), 2);
-        assert_eq!(load(&stats.wal_truncations), 1);
-        assert_eq!(rows(&open(dir.path())), 510);
+        assert_eq!(load(&stats.wal_restarts_deferred), 2);
+        assert_eq!(load(&stats.wal_restarts), 1);
+        assert_eq!(rows(&open(dir.path())), 511);
     }
 }

@@ -221,8 +221,8 @@ async fn metrics_count_accepted_rejected_and_deduplicated_events_and_ack_latency
         "seam_http_requests_total{status=\"400\"} 1",
         "seam_ack_latency_seconds_count 1",
         "seam_processing_lag_events 0",
-        "seam_wal_truncations_total 0",
-        "seam_wal_truncations_deferred_total 0",
+        "seam_wal_restarts_total 0",
+        "seam_wal_restarts_deferred_total 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),
