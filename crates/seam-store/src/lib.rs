@@ -277,7 +277,13 @@ impl Store {
         )
         .start(tx.clone(), wakeup.clone(), stats.clone(), applied_tx, clock)?;
         let checkpointer = writer::Checkpointer::start(
-            vec![data_dir.join(DB_FILE), data_dir.join(PROJECTIONS_FILE)],
+            vec![
+                (data_dir.join(DB_FILE), writer::LOG_WAL_LIMITS),
+                (
+                    data_dir.join(PROJECTIONS_FILE),
+                    writer::PROJECTIONS_WAL_LIMITS,
+                ),
+            ],
             Arc::downgrade(&stats),
         )?;
         let shared = Shared {

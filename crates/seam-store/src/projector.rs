@@ -370,7 +370,7 @@ impl Projector {
                             if let Some((conn, wal, last)) = &mut self.log_wal {
                                 if last.elapsed() >= std::time::Duration::from_secs(1) {
                                     *last = seam_core::clock::Stopwatch::start();
-                                    match crate::writer::checkpoint(conn, wal, crate::writer::WAL_LIMITS) {
+                                    match crate::writer::checkpoint(conn, wal, crate::writer::LOG_WAL_LIMITS) {
                                         Ok(done) => done.count(&stats),
                                         Err(e) => tracing::warn!(error = %e, "starting the log's WAL over failed"),
                                     }
