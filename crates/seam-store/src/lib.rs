@@ -209,7 +209,7 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<
             | OpenFlags::SQLITE_OPEN_URI
     };
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // Every statement the projector runs stays prepared (it runs well over a hundred distinct ones).
     conn.set_prepared_statement_cache_capacity(256);
     if !read_only {
@@ -220,6 +220,9 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
+
+/// How long a connection waits for another's lock before its statement fails with "database is locked".
+pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A read-only connection on the log with the projections attached as `p`.
 pub(crate) fn open_reader(dir: &Path) -> rusqlite::Result<Connection> {
@@ -267,13 +270,14 @@ impl Store {
             rules.clone(),
             delivery,
         )?
-        .restarting_log_wal(
+        .restarting_wals(
             {
                 let c = open_connection(&data_dir.join(DB_FILE), false)?;
                 c.busy_timeout(writer::RESTART_WAIT)?;
                 c
             },
             data_dir.join(format!("{DB_FILE}-wal")),
+            data_dir.join(format!("{PROJECTIONS_FILE}-wal")),
         )
         .start(tx.clone(), wakeup.clone(), stats.clone(), applied_tx, clock)?;
         let checkpointer = writer::Checkpointer::start(

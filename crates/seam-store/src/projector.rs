@@ -145,6 +145,16 @@ fn slim_event(body: &str, live: bool) -> Result<Event, StoreError> {
     Ok(e)
 }
 
+/// The WALs the projector starts over between its passes: the log's, which it reads nearly all the time (so
+/// between its own passes is when no reader holds it), through a writable connection of its own, and its own.
+pub(crate) struct Wals {
+    log: Connection,
+    log_wal: std::path::PathBuf,
+    own_wal: std::path::PathBuf,
+    /// The last try: at most one a second.
+    last: seam_core::clock::Stopwatch,
+}
+
 /// What one projection transaction did.
 #[derive(Default)]
 pub(crate) struct Step {
@@ -164,10 +174,8 @@ pub(crate) struct Projector {
     processor: Processor,
     pub(crate) applied_seq: Seq,
     delivery: crate::journeys::Delivery,
-    /// A writable connection on the log and the path of its WAL, for starting it over between passes: the
-    /// projector reads the log nearly all the time, so between its own passes is when no reader holds the WAL.
-    /// With the time of the last try: at most one a second.
-    log_wal: Option<(Connection, std::path::PathBuf, seam_core::clock::Stopwatch)>,
+    /// The WALs it starts over between its passes.
+    wals: Option<Wals>,
 }
 
 impl Projector {
@@ -211,14 +219,58 @@ impl Projector {
             processor,
             applied_seq,
             delivery,
-            log_wal: None,
+            wals: None,
         })
     }
 
-    /// Starts the log's WAL over (see `writer::checkpoint`) between passes, through `conn`.
-    pub(crate) fn restarting_log_wal(mut self, conn: Connection, wal: std::path::PathBuf) -> Self {
-        self.log_wal = Some((conn, wal, seam_core::clock::Stopwatch::start()));
+    /// Starts the log's WAL (`log_wal`, through `log`) and the projections' (`own_wal`) over between passes.
+    pub(crate) fn restarting_wals(
+        mut self,
+        log: Connection,
+        log_wal: std::path::PathBuf,
+        own_wal: std::path::PathBuf,
+    ) -> Self {
+        self.wals = Some(Wals {
+            log,
+            log_wal,
+            own_wal,
+            last: seam_core::clock::Stopwatch::start(),
+        });
         self
+    }
+
+    /// Between passes, at most once a second: checkpoints both WALs and starts each over once past its limit
+    /// (see `writer::checkpoint`).
+    fn restart_wals(&mut self, stats: &Stats) {
+        use crate::writer::{checkpoint, LOG_WAL_LIMITS, PROJECTIONS_WAL_LIMITS};
+        let Some(w) = &mut self.wals else { return };
+        if w.last.elapsed() < std::time::Duration::from_secs(1) {
+            return;
+        }
+        w.last = seam_core::clock::Stopwatch::start();
+        match checkpoint(&w.log, &w.log_wal, LOG_WAL_LIMITS) {
+            Ok(done) => done.count(stats),
+            Err(e) => tracing::warn!(error = %e, "starting the log's WAL over failed"),
+        }
+        // The projector is the writer of its WAL and nobody waits on its commits: it may hold itself for the
+        // whole copy, however far the checkpointer thread is behind.
+        let own = crate::writer::WalLimits {
+            left_at_most: i64::MAX,
+            ..PROJECTIONS_WAL_LIMITS
+        };
+        // Waiting for readers (an export, say) only briefly, as the checkpointer threads do.
+        let done = self
+            .conn
+            .busy_timeout(crate::writer::RESTART_WAIT)
+            .map_err(StoreError::from)
+            .and_then(|()| checkpoint(&self.conn, &w.own_wal, own));
+        match done {
+            Ok(done) => done.count(stats),
+            Err(e) => tracing::warn!(error = %e, "starting the projections' WAL over failed"),
+        }
+        if let Err(e) = self.conn.busy_timeout(crate::BUSY_TIMEOUT) {
+            tracing::warn!(error = %e, "restoring the projections' busy timeout failed");
+        }
     }
 
     /// One decision pass: segments and computed traits of the queued profiles (see `decide`), a step of a
@@ -365,17 +417,9 @@ impl Projector {
                     match self.pass(log_seq, &to_writer, &stats, clock.as_ref()) {
                         Ok(()) => {
                             failures = 0;
-                            // Between passes the projector holds no read on the log: the moment its WAL can
-                            // be started over, once it is past its limit.
-                            if let Some((conn, wal, last)) = &mut self.log_wal {
-                                if last.elapsed() >= std::time::Duration::from_secs(1) {
-                                    *last = seam_core::clock::Stopwatch::start();
-                                    match crate::writer::checkpoint(conn, wal, crate::writer::LOG_WAL_LIMITS) {
-                                        Ok(done) => done.count(&stats),
-                                        Err(e) => tracing::warn!(error = %e, "starting the log's WAL over failed"),
-                                    }
-                                }
-                            }
+                            // Between passes the projector holds no read on the log and writes nothing: the
+                            // moment both WALs can be started over.
+                            self.restart_wals(&stats);
                         }
                         Err(e) => {
                             failures += 1;

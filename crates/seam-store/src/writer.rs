@@ -203,20 +203,23 @@ pub(crate) enum Checkpointed {
 /// While the writer appends and readers keep reading (the projector following the log), SQLite never gets the
 /// moment with no reader on the WAL that it needs to start the WAL over: under steady load it grows without
 /// bound (15 GB on a 20-million-event ingest). So once it holds more than `limits.restart_above` bytes it is
-/// started over: new writes wait while the frames still to copy are copied and current readers finish. That wait
-/// is bounded: it starts only once the copy without blocking left at most `limits.left_at_most` frames (one that started behind held
-/// a group commit past the writer's 5 s busy timeout on a 20-million-event ingest), after the pages copied
-/// so far are flushed to disk without blocking anyone, and the WAL file is kept for the next writes rather
-/// than truncated (emptying a 256 MiB file took 250 ms on this machine's disk, all of it holding the writer).
+/// started over: new writes wait while the frames still to copy are copied and current readers finish. That
+/// wait is bounded: it starts only once the copy without blocking left at most `limits.left_at_most` frames
+/// (one that started behind held a group commit past the writer's 5 s busy timeout on a 20-million-event
+/// ingest), after the pages copied so far are flushed to disk without blocking anyone, and the WAL file is
+/// kept for the next writes rather than truncated (emptying a 256 MiB file took 250 ms on this machine's
+/// disk, all of it holding the writer).
 pub(crate) fn checkpoint(
     conn: &Connection,
     wal: &std::path::Path,
     limits: WalLimits,
 ) -> Result<Checkpointed, StoreError> {
-    let (log, copied): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get(1)?, r.get(2)?))
-    })?;
-    let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    // `main.`: the projector's connection has the log attached, which is not its to checkpoint.
+    let (log, copied): (i64, i64) =
+        conn.query_row("PRAGMA main.wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })?;
+    let page: i64 = conn.query_row("PRAGMA main.page_size", [], |r| r.get(0))?;
     // A frame is a page and its 24-byte header.
     let held = log.max(0) as u64 * (page as u64 + 24);
     if held <= limits.restart_above {
@@ -239,7 +242,9 @@ pub(crate) fn checkpoint(
     }
     let truncate = wal_size(wal) > limits.truncate_file_above;
     let mode = if truncate { "TRUNCATE" } else { "RESTART" };
-    let busy: i64 = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(0))?;
+    let busy: i64 = conn.query_row(&format!("PRAGMA main.wal_checkpoint({mode})"), [], |r| {
+        r.get(0)
+    })?;
     if busy != 0 {
         tracing::debug!(held, "the WAL could not be started over yet; trying again");
         return Ok(Checkpointed::Busy);
@@ -432,6 +437,32 @@ mod tests {
         assert_eq!(size(&wal), file, "the file is written over, not grown");
         assert!(frames(&checkpointer) < 50, "{}", frames(&checkpointer));
         assert_eq!(rows(&open(dir.path())), 1_011);
+    }
+
+    /// The projector checkpoints its own connection, which has the log attached: only the main database's WAL
+    /// is started over.
+    #[test]
+    fn only_the_main_database_of_a_connection_is_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, wal) = written(dir.path(), 100);
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let (_other_writer, other_wal) = written(&other, 100);
+        let other_frames = size(&other_wal);
+        writer
+            .execute(
+                "ATTACH DATABASE ?1 AS log",
+                [format!("file:{}?mode=ro", other.join("t.db").display())],
+            )
+            .unwrap();
+        assert_eq!(
+            checkpoint(&writer, &wal, limits(1_000, 10)).unwrap(),
+            Checkpointed::Restarted
+        );
+        insert(&writer, 1);
+        assert!(frames(&open(dir.path())) < 10);
+        assert_eq!(size(&other_wal), other_frames);
+        assert_eq!(rows(&open(&other)), 100);
     }
 
     /// A WAL file that grew past its bound (a reader held it) is emptied when it is started over.
