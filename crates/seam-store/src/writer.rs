@@ -343,16 +343,13 @@ mod tests {
     use super::{checkpoint, wal_size as size, Checkpointed, WalLimits};
 
     /// A WAL database with automatic checkpoints off and `rows` rows of 1 KB written.
-    fn written(dir: &std::path::Path, rows: i64) -> (Connection, std::path::PathBuf) {
+    fn written(dir: &std::path::Path, rows: usize) -> (Connection, std::path::PathBuf) {
         let path = dir.join("t.db");
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
         conn.execute("CREATE TABLE t (x BLOB)", []).unwrap();
-        for _ in 0..rows {
-            conn.execute("INSERT INTO t VALUES (zeroblob(1024))", [])
-                .unwrap();
-        }
+        insert(&conn, rows);
         (conn, dir.join("t.db-wal"))
     }
 
@@ -392,6 +389,7 @@ mod tests {
             .unwrap()
     }
 
+    /// Writes `n` rows of 1 KB, a transaction each.
     fn insert(conn: &Connection, n: usize) {
         for _ in 0..n {
             conn.execute("INSERT INTO t VALUES (zeroblob(1024))", [])
