@@ -8,36 +8,23 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use seam_core::histogram::Histogram;
 
 use crate::AppState;
 
-/// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 const STATUSES: [u16; 10] = [200, 400, 401, 403, 404, 413, 415, 429, 500, 503];
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     rejected: AtomicU64,
-    ack_buckets: [AtomicU64; BUCKETS.len()],
-    ack_count: AtomicU64,
-    ack_sum_us: AtomicU64,
+    ack: Histogram,
     requests: [AtomicU64; STATUSES.len()],
     requests_other: AtomicU64,
 }
 
 impl Metrics {
     pub fn observe_ack(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.ack_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.ack_count.fetch_add(1, Ordering::Relaxed);
-        self.ack_sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.ack.observe(d);
     }
 
     pub fn count_rejected(&self, n: u64) {
@@ -110,29 +97,21 @@ pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
         "seam_http_requests_total{{status=\"other\"}} {}",
         load(&m.requests_other)
     );
-    let _ = writeln!(
-        out,
-        "# HELP seam_ack_latency_seconds Time from request to acknowledgement of collection calls."
+    m.ack.render(
+        &mut out,
+        "seam_ack_latency_seconds",
+        "Time from request to acknowledgement of collection calls.",
     );
-    let _ = writeln!(out, "# TYPE seam_ack_latency_seconds histogram");
-    for (i, le) in BUCKETS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "seam_ack_latency_seconds_bucket{{le=\"{le}\"}} {}",
-            load(&m.ack_buckets[i])
-        );
-    }
-    let count = load(&m.ack_count);
-    let _ = writeln!(
-        out,
-        "seam_ack_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+    st.commit_wait.render(
+        &mut out,
+        "seam_group_commit_wait_seconds",
+        "Time a batch waited for the log writer to start the group commit that holds it.",
     );
-    let _ = writeln!(
-        out,
-        "seam_ack_latency_seconds_sum {}",
-        load(&m.ack_sum_us) as f64 / 1e6
+    st.commit.render(
+        &mut out,
+        "seam_group_commit_seconds",
+        "Time the log writer took for one group commit, its fsync included.",
     );
-    let _ = writeln!(out, "seam_ack_latency_seconds_count {count}");
     let log_seq = st.log_seq.load(Ordering::Relaxed);
     let applied = st.applied_seq.load(Ordering::Relaxed);
     let received = st.applied_received_at.load(Ordering::Relaxed);

@@ -106,6 +106,10 @@ pub struct Stats {
     /// left to copy than may be copied while writes wait. Rising while `wal_restarts` stays means the WAL keeps
     /// growing.
     pub wal_restarts_deferred: AtomicU64,
+    /// How long each batch waited for the group commit that holds it to start.
+    pub commit_wait: seam_core::histogram::Histogram,
+    /// How long each group commit took, its fsync included.
+    pub commit: seam_core::histogram::Histogram,
 }
 
 /// One event as the log stores it: the columns and the JSON body. Built in the caller's thread, so that the log
@@ -151,6 +155,8 @@ pub(crate) enum Command {
         ws: i64,
         events: Vec<LogRow>,
         reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+        /// Started when the batch was handed to the writer.
+        queued: seam_core::clock::Stopwatch,
     },
     /// Seam's own events from the projector.
     System { events: Vec<process::Emitted> },
@@ -320,6 +326,7 @@ impl Store {
         }
         let (reply, rx) = oneshot::channel();
         self.send(Command::Append {
+            queued: seam_core::clock::Stopwatch::start(),
             ws: ws.0,
             events,
             reply,

@@ -69,6 +69,7 @@ impl Writer {
 
     /// One transaction: append everything gathered, commit, acknowledge.
     fn round(&mut self, commands: Vec<Command>) {
+        let took = seam_core::clock::Stopwatch::start();
         let mut replies: Vec<(Reply, AppendOutcome)> = Vec::new();
         let result = (|| -> Result<Seq, StoreError> {
             let tx = self
@@ -77,7 +78,13 @@ impl Writer {
             let mut last = None;
             for cmd in commands {
                 match cmd {
-                    Command::Append { ws, events, reply } => {
+                    Command::Append {
+                        ws,
+                        events,
+                        reply,
+                        queued,
+                    } => {
+                        self.stats.commit_wait.observe(queued.elapsed());
                         let mut outcome = AppendOutcome::default();
                         for a in &events {
                             match append(&tx, ws, a)? {
@@ -107,6 +114,7 @@ impl Writer {
             Ok(last) => {
                 let s = &self.stats;
                 s.commits.fetch_add(1, Ordering::Relaxed);
+                s.commit.observe(took.elapsed());
                 if last > 0 {
                     s.log_seq.fetch_max(last, Ordering::SeqCst);
                     self.wakeup.log_advanced(last);

@@ -220,6 +220,7 @@ async fn metrics_count_accepted_rejected_and_deduplicated_events_and_ack_latency
         "seam_events_deduplicated_total 1",
         "seam_http_requests_total{status=\"400\"} 1",
         "seam_ack_latency_seconds_count 1",
+        "seam_group_commit_wait_seconds_count 1",
         "seam_processing_lag_events 0",
         "seam_wal_restarts_total 0",
         "seam_wal_restarts_deferred_total 0",
@@ -229,6 +230,17 @@ async fn metrics_count_accepted_rejected_and_deduplicated_events_and_ack_latency
             "missing {line:?} in\n{text}"
         );
     }
+    // Every group commit is timed: the histogram counts as many as the counter.
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert!(value("seam_group_commits_total") >= 1);
+    assert_eq!(
+        value("seam_group_commit_seconds_count"),
+        value("seam_group_commits_total")
+    );
     let health: Value = app
         .client
         .get(format!("{}/healthz", app.base))
