@@ -14,6 +14,7 @@
 
 mod backfill;
 mod decide;
+mod dedup;
 pub mod deliveries;
 pub mod journeys;
 mod process;

@@ -9,9 +9,10 @@
 
 use rusqlite::Connection;
 
-pub const LOG_MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub const LOG_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE workspaces (
         ws INTEGER PRIMARY KEY,
         id TEXT NOT NULL UNIQUE,
@@ -45,7 +46,20 @@ pub const LOG_MIGRATIONS: &[(i64, &str)] = &[(
     );
     CREATE UNIQUE INDEX events_by_message_id ON events (ws, message_id);
     "#,
-)];
+    ),
+    (
+        2,
+        r#"
+    -- The messageIds the log holds, as 128-bit keys of (workspace, messageId), in place of the unique index:
+    -- written a generation at a time in key order (see dedup.rs) rather than one random page per event. Every
+    -- event up to message_ids_through has its key here; the writer reads the later ones back when it starts.
+    DROP INDEX events_by_message_id;
+    CREATE TABLE message_ids (hi INTEGER NOT NULL, lo INTEGER NOT NULL, PRIMARY KEY (hi, lo)) WITHOUT ROWID;
+    CREATE TABLE log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO log_meta (key, value) VALUES ('message_ids_through', 0);
+    "#,
+    ),
+];
 
 pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     (

@@ -11,6 +11,7 @@ use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use seam_core::Seq;
 use tokio::sync::oneshot;
 
+use crate::dedup::{self, MessageIds};
 use crate::projector::Wakeup;
 use crate::{AppendOutcome, Command, LogRow, Stats, StoreError, StoreOptions};
 
@@ -18,6 +19,7 @@ type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
 
 pub(crate) struct Writer {
     conn: Connection,
+    ids: MessageIds,
     rx: Receiver<Command>,
     opts: StoreOptions,
     stats: Arc<Stats>,
@@ -26,7 +28,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn start(
-        conn: Connection,
+        mut conn: Connection,
         rx: Receiver<Command>,
         opts: StoreOptions,
         stats: Arc<Stats>,
@@ -37,8 +39,10 @@ impl Writer {
         let max_seq: Seq =
             conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
         stats.log_seq.store(max_seq, Ordering::SeqCst);
+        let ids = MessageIds::load(&mut conn, dedup::GENERATION)?;
         let mut w = Writer {
             conn,
+            ids,
             rx,
             opts,
             stats,
@@ -71,7 +75,7 @@ impl Writer {
     fn round(&mut self, commands: Vec<Command>) {
         let took = seam_core::clock::Stopwatch::start();
         let mut replies: Vec<(Reply, AppendOutcome)> = Vec::new();
-        let result = (|| -> Result<Seq, StoreError> {
+        let result = (|| -> Result<(Seq, dedup::Written), StoreError> {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -87,7 +91,7 @@ impl Writer {
                         self.stats.commit_wait.observe(queued.elapsed());
                         let mut outcome = AppendOutcome::default();
                         for a in &events {
-                            match append(&tx, ws, a)? {
+                            match append(&tx, &mut self.ids, ws, a)? {
                                 Some(seq) => {
                                     last = Some(seq);
                                     outcome.stored += 1;
@@ -100,18 +104,20 @@ impl Writer {
                     Command::System { events } => {
                         for e in events {
                             let ws = e.ws;
-                            if let Some(seq) = append(&tx, ws, &LogRow::new(e.event, e.json))? {
+                            let row = LogRow::new(e.event, e.json);
+                            if let Some(seq) = append(&tx, &mut self.ids, ws, &row)? {
                                 last = Some(seq);
                             }
                         }
                     }
                 }
             }
+            let written = self.ids.write_slice(&tx)?;
             tx.commit()?;
-            Ok(last.unwrap_or(0))
+            Ok((last.unwrap_or(0), written))
         })();
         match result {
-            Ok(last) => {
+            Ok((last, written)) => {
                 let s = &self.stats;
                 s.commits.fetch_add(1, Ordering::Relaxed);
                 s.commit.observe(took.elapsed());
@@ -119,6 +125,8 @@ impl Writer {
                     s.log_seq.fetch_max(last, Ordering::SeqCst);
                     self.wakeup.log_advanced(last);
                 }
+                self.ids
+                    .committed(written, s.log_seq.load(Ordering::SeqCst));
                 for (reply, outcome) in replies {
                     s.stored.fetch_add(outcome.stored as u64, Ordering::Relaxed);
                     s.deduplicated
@@ -127,6 +135,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                self.ids.failed();
                 tracing::error!(error = %e, "group commit failed; the batches in it were not acknowledged");
                 for (reply, _) in replies {
                     let _ = reply.send(Err(StoreError::Unavailable));
@@ -137,22 +146,31 @@ impl Writer {
 }
 
 /// Appends one event unless its workspace already holds its messageId; returns its log position if stored.
-fn append(tx: &Transaction<'_>, ws: i64, r: &LogRow) -> Result<Option<Seq>, StoreError> {
-    let n = tx
-        .prepare_cached(
-            "INSERT INTO events (ws, message_id, type, name, ts, received_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
-            ws,
-            r.message_id,
-            r.kind,
-            r.name,
-            r.timestamp,
-            r.received_at,
-            r.json
-        ])?;
-    Ok((n == 1).then(|| tx.last_insert_rowid()))
+fn append(
+    tx: &Transaction<'_>,
+    ids: &mut MessageIds,
+    ws: i64,
+    r: &LogRow,
+) -> Result<Option<Seq>, StoreError> {
+    let k = dedup::key(ws, &r.message_id);
+    if ids.contains(tx, k)? {
+        return Ok(None);
+    }
+    tx.prepare_cached(
+        "INSERT INTO events (ws, message_id, type, name, ts, received_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        ws,
+        r.message_id,
+        r.kind,
+        r.name,
+        r.timestamp,
+        r.received_at,
+        r.json
+    ])?;
+    ids.add(k);
+    Ok(Some(tx.last_insert_rowid()))
 }
 
 /// When a WAL is started over (see [`checkpoint`]).

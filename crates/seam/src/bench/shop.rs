@@ -8,6 +8,27 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
+/// A messageId as the SDKs make them, a random (version 4) UUID — here derived from the seed and the event's
+/// number, so a run is repeatable and the ids of two seeds never meet.
+fn message_id(seed: u64, n: u64) -> String {
+    let mix = |mut z: u64| {
+        // splitmix64's finaliser
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let a = mix(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n);
+    let b = mix(a ^ n.rotate_left(32));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | (b >> 48) & 0x3fff,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
@@ -184,7 +205,7 @@ impl Shop {
         m.insert("type".into(), json!(kind));
         m.insert(
             "messageId".into(),
-            json!(format!("m-{}-{}", self.seed, self.counter)),
+            json!(message_id(self.seed, self.counter)),
         );
         m.insert(
             "timestamp".into(),
