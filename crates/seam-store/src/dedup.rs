@@ -25,8 +25,9 @@ use sha2::{Digest, Sha256};
 
 use crate::StoreError;
 
-/// How many keys a generation holds before it is written to disk: about 35 MB of memory at most for the two
-/// generations, and few enough events to read back after a restart.
+/// How many keys a generation holds before it is written to disk: at most about 50 MB of memory for the two
+/// generations (the pending set's table and the frozen list), and few enough events to read back after a
+/// restart.
 pub(crate) const GENERATION: usize = 1 << 20;
 
 /// The fewest keys of a frozen generation written with a group commit; it writes at least twice as many as

@@ -54,6 +54,12 @@ pub enum StoreError {
     Unavailable,
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("{file} was written by a newer version of Seam (schema version {found}; this one knows up to {known})")]
+    NewerSchema {
+        file: String,
+        found: i64,
+        known: i64,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -401,10 +401,24 @@ pub const SCHEDULE_TABLES: &[&str] = &[
     "pending_date_plans",
 ];
 
-pub fn migrate(conn: &mut Connection, migrations: &[(i64, &str)]) -> rusqlite::Result<()> {
+/// Brings the database of `conn` up to the last of `migrations`. A database that a newer Seam migrated further
+/// is refused: this one would not keep what the newer schema promises (the log's messageIds unique, say).
+pub fn migrate(conn: &mut Connection, migrations: &[(i64, &str)]) -> Result<(), crate::StoreError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
     )?;
+    let found: Option<i64> =
+        conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+            r.get(0)
+        })?;
+    let known = migrations.last().map_or(0, |m| m.0);
+    if let Some(found) = found.filter(|f| *f > known) {
+        return Err(crate::StoreError::NewerSchema {
+            file: conn.path().unwrap_or_default().to_owned(),
+            found,
+            known,
+        });
+    }
     for (version, sql) in migrations {
         let done: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
@@ -438,4 +452,30 @@ pub(crate) fn test_files(dir: &std::path::Path) -> (Connection, Connection) {
     )
     .unwrap();
     (log, conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{migrate, LOG_MIGRATIONS};
+    use crate::StoreError;
+
+    #[test]
+    fn a_database_migrated_by_a_newer_seam_is_refused_by_name_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = rusqlite::Connection::open(dir.path().join("seam.db")).unwrap();
+        migrate(&mut conn, LOG_MIGRATIONS).unwrap();
+        // Migrating again is a no-op; an older Seam knowing only the first migration is turned away.
+        migrate(&mut conn, LOG_MIGRATIONS).unwrap();
+        let err = migrate(&mut conn, &LOG_MIGRATIONS[..1]).unwrap_err();
+        let newest = LOG_MIGRATIONS.last().unwrap().0;
+        assert!(
+            matches!(err, StoreError::NewerSchema { found, known: 1, .. } if found == newest),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("seam.db") && text.contains("newer version"),
+            "{text}"
+        );
+    }
 }
