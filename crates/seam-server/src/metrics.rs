@@ -71,6 +71,16 @@ pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
         load(&st.commits),
     );
     counter(
+        "seam_evaluations_apart_total",
+        "Profiles whose segments were decided from an evaluation on a snapshot, off the projector's thread.",
+        load(&st.evaluated_apart),
+    );
+    counter(
+        "seam_evaluations_again_total",
+        "Profiles evaluated off the projector's thread that changed meanwhile, so were evaluated again on it.",
+        load(&st.evaluated_again),
+    );
+    counter(
         "seam_wal_restarts_total",
         "WALs (the log's or the projections') started over once past their limit.",
         load(&st.wal_restarts),

@@ -327,7 +327,11 @@ pub(crate) fn step(
         |r| r.get(0),
     )?;
     tx.commit()?;
-    Ok(Decided { emitted, remaining })
+    Ok(Decided {
+        emitted,
+        remaining,
+        ..Decided::default()
+    })
 }
 
 /// The next `limit` live profiles of workspace `ws` after profile key `after` up to `until` (included), with

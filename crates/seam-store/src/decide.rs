@@ -19,6 +19,7 @@ use seam_audiences::{measure, parse, parse_metric, Expr, Library, Person, Person
 use seam_core::{Event, EventType, Millis, ProfileId, Seq};
 use serde_json::json;
 
+use crate::evaluator::{Evaluator, Key, IN_FLIGHT};
 use crate::process::{Emitted, Touched};
 use crate::segments::{person_profile, track_events, tracked};
 use crate::{StoreError, WorkspaceKey};
@@ -38,6 +39,10 @@ pub(crate) struct Decided {
     /// Work still queued after this pass (profiles, events, due timers), each kind counted up to
     /// [`COUNTED_UP_TO`].
     pub remaining: i64,
+    /// Profiles decided from what the evaluator found, and those it found for that had changed meanwhile (so
+    /// evaluated again here).
+    pub apart: u64,
+    pub again: u64,
 }
 
 pub(crate) struct Defs {
@@ -113,19 +118,21 @@ pub(crate) struct Fresh<'a> {
 /// The person's events that the definitions read: their digest brought up to date with the events applied
 /// since it was made (or made from the whole timeline when missing, made for other definitions, or the person
 /// merged), pruned to `now`. When the digest has seen every track event up to `fresh.before`, the fresh
-/// events are all it lacks and the timeline is not read.
+/// events are all it lacks and the timeline is not read. Also returns the digest to store when it changed
+/// (needs fingerprint, last log position seen, body).
+#[allow(clippy::type_complexity)]
 fn digest_events(
-    tx: &Connection,
+    conn: &Connection,
     d: &Defs,
     ws: i64,
     profile: i64,
     now: Millis,
     fresh: Option<Fresh<'_>>,
-) -> Result<Vec<PersonEvent>, StoreError> {
+) -> Result<(Vec<PersonEvent>, Option<(i64, i64, String)>), StoreError> {
     if d.needs.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
-    let stored: Option<(i64, i64, String)> = tx
+    let stored: Option<(i64, i64, String)> = conn
         .prepare_cached("SELECT needs, upto, body FROM digests WHERE ws = ?1 AND profile = ?2")?
         .query_row(params![ws, profile], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -148,7 +155,7 @@ fn digest_events(
             events.sort_by_key(|(seq, e)| (e.at, *seq));
             events
         }
-        _ => track_events(tx, "main", "log", WorkspaceKey(ws), profile, upto.max(0))?,
+        _ => track_events(conn, "main", "log", WorkspaceKey(ws), profile, upto.max(0))?,
     };
     let mut changed = upto < 0 || !fresh.is_empty();
     for (seq, e) in fresh {
@@ -157,18 +164,17 @@ fn digest_events(
         upto = upto.max(seq);
     }
     changed |= d.needs.prune(&mut digest, now);
-    if changed {
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO digests (ws, profile, needs, upto, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![ws, profile, d.needs_fp, upto.max(0), serde_json::to_string(&digest)?])?;
-    }
-    Ok(digest.person_events())
+    let store = match changed {
+        true => Some((d.needs_fp, upto.max(0), serde_json::to_string(&digest)?)),
+        false => None,
+    };
+    Ok((digest.person_events(), store))
 }
 
 /// Records changes of membership decided in one transaction (by evaluation or by a backfill).
 pub(crate) struct Recorder<'t> {
     tx: &'t Connection,
+    /// The instant the changes are decided at (each batch of the evaluator's has its own).
     now: Millis,
     /// The running count of decisions (part of each decision's message id).
     decisions: i64,
@@ -268,74 +274,137 @@ impl<'t> Decider<'t> {
         profile: i64,
         fresh: Option<Fresh<'_>>,
     ) -> Result<(), StoreError> {
-        let (tx, now) = (self.tx, self.now);
-        let live: Option<bool> = tx
-            .prepare_cached(
-                "SELECT merged_into IS NULL FROM profiles WHERE ws = ?1 AND profile = ?2",
-            )?
-            .query_row(params![ws, profile], |r| r.get(0))
-            .optional()?;
-        if live != Some(true) {
-            return Ok(());
-        }
         if let std::collections::hash_map::Entry::Vacant(slot) = self.defs.entry(ws) {
-            slot.insert(load_defs(tx, ws)?);
+            slot.insert(load_defs(self.tx, ws)?);
         }
-        let d = &self.defs[&ws];
-        let mut data = person_profile(tx, "main", WorkspaceKey(ws), profile)?;
-        data.events = digest_events(tx, d, ws, profile, now, fresh)?;
-        let mut next: Option<Millis> = None;
-        let mut soonest = |c: Option<Millis>| {
-            if let Some(c) = c {
-                next = Some(next.map_or(c, |n: Millis| n.min(c)));
-            }
+        match assess(self.tx, &self.defs[&ws], ws, profile, self.now, fresh)? {
+            Some(a) => a.write(self.tx, &mut self.out, ws, profile),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What evaluating a person at some instant found, before anything of it is written: read through any
+/// connection (the projector's, or an evaluator's reading a snapshot of the projections), written by the
+/// projector.
+#[derive(Debug)]
+pub(crate) struct Assessment {
+    /// The digest to store, when it changed: (needs fingerprint, last log position seen, body).
+    digest: Option<(i64, i64, String)>,
+    /// Each computed trait's value (`None`: none).
+    computed: Vec<(String, Option<serde_json::Value>)>,
+    /// Segments whose membership changes: (id, name, member).
+    changes: Vec<(String, String, bool)>,
+    /// The earliest instant at which time alone may change one of them.
+    next: Option<Millis>,
+}
+
+/// Evaluates one profile at `now` against every segment and computed trait of its workspace (`d`), reading
+/// through `conn` only; `None` when the profile was merged away or is unknown.
+pub(crate) fn assess(
+    conn: &Connection,
+    d: &Defs,
+    ws: i64,
+    profile: i64,
+    now: Millis,
+    fresh: Option<Fresh<'_>>,
+) -> Result<Option<Assessment>, StoreError> {
+    let live: Option<bool> = conn
+        .prepare_cached("SELECT merged_into IS NULL FROM profiles WHERE ws = ?1 AND profile = ?2")?
+        .query_row(params![ws, profile], |r| r.get(0))
+        .optional()?;
+    if live != Some(true) {
+        return Ok(None);
+    }
+    let mut data = person_profile(conn, "main", WorkspaceKey(ws), profile)?;
+    let (events, digest) = digest_events(conn, d, ws, profile, now, fresh)?;
+    data.events = events;
+    let mut next: Option<Millis> = None;
+    let mut soonest = |c: Option<Millis>| {
+        if let Some(c) = c {
+            next = Some(next.map_or(c, |n: Millis| n.min(c)));
+        }
+    };
+    // Computed traits first: segments may use them as `trait computed.<name>`.
+    let mut computed = Vec::with_capacity(d.computed.len());
+    if !d.computed.is_empty() {
+        let mut values = serde_json::Map::new();
+        let person = Person {
+            traits: &data.traits,
+            identities: &data.identities,
+            events: &data.events,
+            in_segment: &|_| false,
         };
-        // Computed traits first: segments may use them as `trait computed.<name>`.
-        if !d.computed.is_empty() {
-            let mut values = serde_json::Map::new();
-            let person = Person {
-                traits: &data.traits,
-                identities: &data.identities,
-                events: &data.events,
-                in_segment: &|_| false,
-            };
-            for (name, m) in &d.computed {
-                let (value, change) = measure(m, &person, now);
-                soonest(change);
-                match value {
-                    Some(v) => {
-                        tx.prepare_cached(
-                            // Like the timer below: an unchanged value is not written again.
-                            "INSERT INTO computed_traits (ws, profile, name, value) VALUES (?1, ?2, ?3, ?4)
-                             ON CONFLICT (ws, profile, name) DO UPDATE SET value = excluded.value
-                             WHERE value != excluded.value",
-                        )?
-                        .execute(params![ws, profile, name, v.to_string()])?;
-                        values.insert(name.clone(), v);
-                    }
-                    None => {
-                        tx.prepare_cached("DELETE FROM computed_traits WHERE ws = ?1 AND profile = ?2 AND name = ?3")?
-                            .execute(params![ws, profile, name])?;
-                    }
-                }
-            }
-            data.traits
-                .insert("computed".to_owned(), serde_json::Value::Object(values));
-        }
-        let current: HashSet<String> = tx
-            .prepare_cached("SELECT segment FROM memberships WHERE ws = ?1 AND profile = ?2")?
-            .query_map(params![ws, profile], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for (id, name, expr) in &d.segments {
-            let (member, change) =
-                d.library
-                    .evaluate(expr, &data.traits, &data.identities, &data.events, now);
+        for (name, m) in &d.computed {
+            let (value, change) = measure(m, &person, now);
             soonest(change);
-            if member != current.contains(id) {
-                self.out.change(ws, profile, id, name, member)?;
+            if let Some(v) = &value {
+                values.insert(name.clone(), v.clone());
             }
+            computed.push((name.clone(), value));
         }
-        match next {
+        data.traits
+            .insert("computed".to_owned(), serde_json::Value::Object(values));
+    }
+    let current: HashSet<String> = conn
+        .prepare_cached("SELECT segment FROM memberships WHERE ws = ?1 AND profile = ?2")?
+        .query_map(params![ws, profile], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut changes = Vec::new();
+    for (id, name, expr) in &d.segments {
+        let (member, change) =
+            d.library
+                .evaluate(expr, &data.traits, &data.identities, &data.events, now);
+        soonest(change);
+        if member != current.contains(id) {
+            changes.push((id.clone(), name.clone(), member));
+        }
+    }
+    Ok(Some(Assessment {
+        digest,
+        computed,
+        changes,
+        next,
+    }))
+}
+
+impl Assessment {
+    /// Writes what was found for `profile`: its digest, computed traits, the changes of membership (through
+    /// `out`) and its next timer.
+    fn write(
+        self,
+        tx: &Connection,
+        out: &mut Recorder<'_>,
+        ws: i64,
+        profile: i64,
+    ) -> Result<(), StoreError> {
+        if let Some((needs, upto, body)) = self.digest {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO digests (ws, profile, needs, upto, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![ws, profile, needs, upto, body])?;
+        }
+        for (name, value) in self.computed {
+            match value {
+                Some(v) => tx
+                    .prepare_cached(
+                        // Like the timer below: an unchanged value is not written again.
+                        "INSERT INTO computed_traits (ws, profile, name, value) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (ws, profile, name) DO UPDATE SET value = excluded.value
+                         WHERE value != excluded.value",
+                    )?
+                    .execute(params![ws, profile, name, v.to_string()])?,
+                None => tx
+                    .prepare_cached(
+                        "DELETE FROM computed_traits WHERE ws = ?1 AND profile = ?2 AND name = ?3",
+                    )?
+                    .execute(params![ws, profile, name])?,
+            };
+        }
+        for (id, name, member) in self.changes {
+            out.change(ws, profile, &id, &name, member)?;
+        }
+        match self.next {
             Some(due) => tx
                 .prepare_cached(
                     // An unchanged timer (the usual case) is not written again.
@@ -351,28 +420,99 @@ impl<'t> Decider<'t> {
     }
 }
 
-/// Evaluates up to `limit` queued profiles at `now` (those of a computed trait's backfill, of a due timer) and records the
-/// membership changes.
+/// Evaluates up to `limit` queued profiles at `now` (those of a backlog, of a computed trait's backfill, of a
+/// due timer) and records the membership changes. With an `evaluator`, the queued profiles are handed to it
+/// instead, a batch of `limit` at a time, and what it found for the batches back since is written here (a
+/// profile changed since its batch was handed out is evaluated again here, at `now`). Returns the profiles to
+/// hand out once this transaction has committed.
 pub(crate) fn decide(
     conn: &mut Connection,
     now: Millis,
     limit: usize,
-) -> Result<Decided, StoreError> {
+    evaluator: Option<&mut Evaluator>,
+) -> Result<(Decided, Vec<Key>), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
         "INSERT OR IGNORE INTO pending_evaluations (ws, profile) SELECT ws, profile FROM segment_timers WHERE due <= ?1",
         [now],
     )?;
     tx.execute("DELETE FROM segment_timers WHERE due <= ?1", [now])?;
-    let queued: Vec<(i64, i64)> = tx
-        .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
-        .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
     let mut decider = Decider::new(&tx, now)?;
-    for (ws, profile) in queued {
+    let unqueue = |key: Key| -> Result<(), StoreError> {
         tx.prepare_cached("DELETE FROM pending_evaluations WHERE ws = ?1 AND profile = ?2")?
-            .execute(params![ws, profile])?;
-        decider.evaluate(ws, profile, None)?;
+            .execute(params![key.0, key.1])?;
+        Ok(())
+    };
+    let mut hand_out = Vec::new();
+    let (mut apart, mut evaluated_again) = (0, 0);
+    match evaluator.filter(|e| e.running()) {
+        Some(ev) => {
+            let mut again = Vec::new();
+            for batch in ev.take_back() {
+                let failed = match &batch.outcome {
+                    Ok(_) => false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "evaluating a batch failed; the projector evaluates it");
+                        true
+                    }
+                };
+                let stale: Vec<bool> = batch
+                    .profiles
+                    .iter()
+                    .map(|k| failed || ev.stale(&batch, k))
+                    .collect();
+                let mut outcomes = batch.outcome.unwrap_or_default().into_iter();
+                decider.out.now = batch.now;
+                for (key, stale) in batch.profiles.into_iter().zip(stale) {
+                    let found = outcomes.next().flatten();
+                    unqueue(key)?;
+                    if stale {
+                        again.push(key);
+                        continue;
+                    }
+                    apart += 1;
+                    if let Some(a) = found {
+                        // Merged away since the snapshot (a merge touches only the survivor): nothing of it
+                        // is written.
+                        let live: Option<bool> = tx
+                            .prepare_cached(
+                                "SELECT merged_into IS NULL FROM profiles WHERE ws = ?1 AND profile = ?2",
+                            )?
+                            .query_row(params![key.0, key.1], |r| r.get(0))
+                            .optional()?;
+                        if live == Some(true) {
+                            a.write(&tx, &mut decider.out, key.0, key.1)?;
+                        }
+                    }
+                }
+            }
+            decider.out.now = now;
+            evaluated_again = again.len() as u64;
+            for (ws, profile) in again {
+                decider.evaluate(ws, profile, None)?;
+            }
+            if ev.has_room() {
+                let rows: Vec<Key> = tx
+                    .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
+                    .query_map([(limit * IN_FLIGHT) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                hand_out = rows
+                    .into_iter()
+                    .filter(|k| !ev.holds(k))
+                    .take(limit)
+                    .collect();
+            }
+        }
+        None => {
+            let queued: Vec<Key> = tx
+                .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
+                .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (ws, profile) in queued {
+                unqueue((ws, profile))?;
+                decider.evaluate(ws, profile, None)?;
+            }
+        }
     }
     let emitted = decider.out.finish()?;
     let remaining: i64 = tx.query_row(
@@ -381,7 +521,13 @@ pub(crate) fn decide(
         |r| r.get(0),
     )?;
     tx.commit()?;
-    Ok(Decided { emitted, remaining })
+    let decided = Decided {
+        emitted,
+        remaining,
+        apart,
+        again: evaluated_again,
+    };
+    Ok((decided, hand_out))
 }
 
 /// Evaluates at `now`, inside the transaction that applied their events, the profiles those events touched
@@ -490,6 +636,7 @@ mod tests {
         let defs = load_defs(conn, 1).unwrap();
         digest_events(conn, &defs, 1, 7, 10 * DAY, Some(fresh))
             .unwrap()
+            .0
             .iter()
             .map(|e| e.at / DAY)
             .collect()

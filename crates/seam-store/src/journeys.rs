@@ -291,7 +291,11 @@ pub(crate) fn decide(
         |r| r.get(0),
     )?;
     tx.commit()?;
-    Ok(Decided { emitted, remaining })
+    Ok(Decided {
+        emitted,
+        remaining,
+        ..Decided::default()
+    })
 }
 
 impl<'t> Decider<'t> {

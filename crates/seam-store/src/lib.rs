@@ -16,6 +16,7 @@ mod backfill;
 mod decide;
 mod dedup;
 pub mod deliveries;
+mod evaluator;
 pub mod journeys;
 mod process;
 mod projector;
@@ -103,6 +104,11 @@ pub struct Stats {
     /// Decision work still queued: profiles waiting for their segments to be evaluated (a backfill shows
     /// here), events for journeys, due timers; each kind counted up to 100,000.
     pub pending_evaluations: AtomicI64,
+    /// Profiles whose segments were decided from what the evaluator thread found on a snapshot.
+    pub evaluated_apart: AtomicU64,
+    /// Profiles the evaluator thread evaluated that changed before what it found could be written, so were
+    /// evaluated again by the projector.
+    pub evaluated_again: AtomicU64,
     /// The last poke generation a projector pass answered.
     pub passes: AtomicU64,
     /// Group commits done.
@@ -292,6 +298,12 @@ impl Store {
             data_dir.join(format!("{DB_FILE}-wal")),
             data_dir.join(format!("{PROJECTIONS_FILE}-wal")),
         )
+        .evaluating({
+            let c = open_connection(&data_dir.join(PROJECTIONS_FILE), true)?;
+            let uri = format!("file:{}?mode=ro", data_dir.join(DB_FILE).display());
+            c.execute("ATTACH DATABASE ?1 AS log", [uri])?;
+            c
+        })?
         .start(tx.clone(), wakeup.clone(), stats.clone(), applied_tx, clock)?;
         let checkpointer = writer::Checkpointer::start(
             vec![

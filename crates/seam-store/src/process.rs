@@ -97,6 +97,8 @@ pub(crate) struct Processor {
     /// Live profiles the events of this transaction touched in workspaces with segments: evaluated (or, in a
     /// backlog, queued) before it commits (see `decide::decide_touched`).
     touched: BTreeMap<(i64, i64), Touched>,
+    /// Whether a segment or computed trait was defined or deleted since the last `take_redefined`.
+    redefined: bool,
     /// Whether each workspace has an active journey (then events are queued for the journeys).
     has_journeys: HashMap<i64, bool>,
     /// Whether each workspace has an active date-triggered journey (then trait changes are planned).
@@ -289,6 +291,7 @@ impl Processor {
             decide_after: Seq::MAX,
             has_segments: HashMap::new(),
             touched: BTreeMap::new(),
+            redefined: false,
             has_journeys: HashMap::new(),
             has_date_journeys: HashMap::new(),
         }
@@ -340,6 +343,11 @@ impl Processor {
     /// The profiles touched since the last call, to evaluate before the transaction commits.
     pub(crate) fn take_touched(&mut self) -> BTreeMap<(i64, i64), Touched> {
         std::mem::take(&mut self.touched)
+    }
+
+    /// Whether a segment or computed trait was defined or deleted since the last call.
+    pub(crate) fn take_redefined(&mut self) -> bool {
+        std::mem::take(&mut self.redefined)
     }
 
     /// Queues a live event of a profile for the journeys, when the workspace has a journey that runs or ran
@@ -505,6 +513,7 @@ impl Processor {
                     }
                 }
                 self.has_segments.remove(&ws);
+                self.redefined = true;
                 let defined = matches!(
                     event.kind,
                     EventType::SegmentDefined | EventType::ComputedTraitDefined
@@ -745,6 +754,7 @@ impl Processor {
         self.returned = 0;
         self.has_segments.clear();
         self.touched.clear();
+        self.redefined = false;
     }
 }
 

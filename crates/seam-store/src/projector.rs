@@ -19,6 +19,9 @@ use crate::{Command, Stats, StoreError};
 /// Most events applied in one projection transaction.
 const MAX_CHUNK: usize = 50_000;
 
+/// Queued profiles evaluated in one decision pass (or handed to the evaluator in one batch).
+const EVALUATED_PER_PASS: usize = 2_000;
+
 /// How the log writer and the store tell the projector that there is work (or that it should stop).
 #[derive(Debug, Default)]
 pub(crate) struct Wakeup {
@@ -176,6 +179,9 @@ pub(crate) struct Projector {
     delivery: crate::journeys::Delivery,
     /// The WALs it starts over between its passes.
     wals: Option<Wals>,
+    /// The thread that evaluates queued profiles on a snapshot meanwhile (the live projector has one; a
+    /// rebuild evaluates nothing).
+    evaluator: Option<crate::evaluator::Evaluator>,
 }
 
 impl Projector {
@@ -220,7 +226,15 @@ impl Projector {
             applied_seq,
             delivery,
             wals: None,
+            evaluator: None,
         })
+    }
+
+    /// Hands queued evaluations to a thread of their own that reads the projections through `reader` (the
+    /// projections as `main`, the log attached as `log`).
+    pub(crate) fn evaluating(mut self, reader: Connection) -> Result<Self, StoreError> {
+        self.evaluator = Some(crate::evaluator::Evaluator::start(reader)?);
+        Ok(self)
     }
 
     /// Starts the log's WAL (`log_wal`, through `log`) and the projections' (`own_wal`) over between passes.
@@ -279,8 +293,27 @@ impl Projector {
         &mut self,
         now: seam_core::Millis,
     ) -> Result<crate::decide::Decided, StoreError> {
-        let mut d = crate::decide::decide(&mut self.conn, now, 2_000)?;
+        let (mut d, hand_out) = crate::decide::decide(
+            &mut self.conn,
+            now,
+            EVALUATED_PER_PASS,
+            self.evaluator.as_mut(),
+        )?;
+        if let Some(ev) = &mut self.evaluator {
+            ev.committed([], false);
+            ev.hand_out(now, hand_out);
+        }
+        let backfilling = self.evaluator.is_some()
+            && self
+                .conn
+                .query_row("SELECT EXISTS (SELECT 1 FROM pending_backfills)", [], |r| {
+                    r.get::<_, bool>(0)
+                })?;
         let b = crate::backfill::step(&mut self.conn, now, crate::backfill::PROFILES_PER_STEP)?;
+        if let (Some(ev), true) = (&mut self.evaluator, backfilling) {
+            // A backfill step writes memberships of a range of profiles: what was read before it may be stale.
+            ev.committed([], true);
+        }
         d.emitted.extend(b.emitted);
         d.remaining += b.remaining;
         let j = crate::journeys::decide(&mut self.conn, now, 2_000, &self.delivery)?;
@@ -332,6 +365,8 @@ impl Projector {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut received = 0;
+        // The profiles this transaction touches, for the evaluator.
+        let mut keys = Vec::new();
         let result = (|| {
             for (seq, ws, body, _) in &rows {
                 let event = slim_event(body, self.processor.decides(*seq))?;
@@ -347,6 +382,9 @@ impl Projector {
                     .map(|i| rows[i].2.as_str())
             };
             let touched = self.processor.take_touched();
+            if self.evaluator.is_some() {
+                keys.extend(touched.keys().copied());
+            }
             let decided = crate::decide::decide_touched(&tx, clock.now_ms(), touched, body)?;
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'applied_seq'",
@@ -357,6 +395,10 @@ impl Projector {
         match result.and_then(|decided| tx.commit().map(|()| decided).map_err(StoreError::from)) {
             Ok(decided) => {
                 self.applied_seq = last;
+                let redefined = self.processor.take_redefined();
+                if let Some(ev) = &mut self.evaluator {
+                    ev.committed(keys, redefined);
+                }
                 let (mut emitted, returned) = self.processor.take_emitted();
                 emitted.extend(decided);
                 Ok(Step {
@@ -473,10 +515,20 @@ impl Projector {
             stats
                 .pending_evaluations
                 .store(decided.remaining, Ordering::SeqCst);
+            stats
+                .evaluated_apart
+                .fetch_add(decided.apart, Ordering::Relaxed);
+            stats
+                .evaluated_again
+                .fetch_add(decided.again, Ordering::Relaxed);
             send(decided.emitted)?;
             // New events first: a long backfill goes on between steps, not in front of them.
             if decided.remaining == 0 || stats.log_seq.load(Ordering::SeqCst) > self.applied_seq {
                 return Ok(());
+            }
+            // What is left may be in the evaluator's hands: wait for a batch rather than spin.
+            if let Some(ev) = &mut self.evaluator {
+                ev.wait(std::time::Duration::from_millis(20));
             }
         }
     }

@@ -224,6 +224,9 @@ async fn metrics_count_accepted_rejected_and_deduplicated_events_and_ack_latency
         "seam_processing_lag_events 0",
         "seam_wal_restarts_total 0",
         "seam_wal_restarts_deferred_total 0",
+        // No segments here: nothing to evaluate, on either thread.
+        "seam_evaluations_apart_total 0",
+        "seam_evaluations_again_total 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),

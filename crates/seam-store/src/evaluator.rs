@@ -1,0 +1,298 @@
+//! The evaluator: a thread that evaluates queued profiles against their segments on a snapshot of the
+//! projections while the projector goes on applying events, so that a backlog of evaluations uses the second
+//! core rather than taking turns with the events on the projector's.
+//!
+//! The projector hands it a batch of profiles from `pending_evaluations` (at most [`IN_FLIGHT`] batches at a
+//! time, never sharing a profile) and later writes what came back ([`crate::decide::Assessment`]) in its own
+//! transaction. An assessment is only as good as the snapshot it was read from, so the projector numbers its
+//! commits and remembers, while batches are out, which profiles each commit touched and whether it changed
+//! the definitions or ran a step of a backfill. An assessment of a profile touched after its batch was handed
+//! out (or of any profile, after such a change) is dropped, and that profile is evaluated again by the
+//! projector itself at once: every profile handed out is decided in the pass that takes its batch back,
+//! either way.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use seam_core::Millis;
+
+use crate::decide::{assess, load_defs, Assessment};
+use crate::StoreError;
+
+/// Batches out at once: one evaluated while the projector writes the other.
+pub(crate) const IN_FLIGHT: usize = 2;
+
+/// A profile of a workspace: (workspace key, profile key).
+pub(crate) type Key = (i64, i64);
+
+struct Job {
+    /// The projector's commits before the batch was handed out.
+    commit: u64,
+    now: Millis,
+    profiles: Vec<Key>,
+}
+
+/// An evaluated batch: each profile's assessment (`None`: merged away or unknown), or why the batch failed.
+pub(crate) struct Batch {
+    pub commit: u64,
+    pub now: Millis,
+    pub profiles: Vec<Key>,
+    pub outcome: Result<Vec<Option<Assessment>>, StoreError>,
+}
+
+/// The projector's side: the thread, the batches out, and what changed since they were handed out.
+pub(crate) struct Evaluator {
+    jobs: Option<SyncSender<Job>>,
+    done: Receiver<Batch>,
+    handle: Option<JoinHandle<()>>,
+    /// Batches handed out and not yet taken back.
+    out: usize,
+    /// Batches back, not yet written.
+    ready: VecDeque<Batch>,
+    /// The profiles of the batches out or ready.
+    handed: HashSet<Key>,
+    /// The projector's commits so far, of those that count here.
+    commits: u64,
+    /// The commit that last touched each profile, while batches are out.
+    touched: HashMap<Key, u64>,
+    /// The last commit that changed a definition or ran a step of a backfill.
+    redefined: u64,
+}
+
+impl Evaluator {
+    /// Starts the thread, reading the projections through `conn` (with the log attached as `log`).
+    pub(crate) fn start(conn: Connection) -> std::io::Result<Self> {
+        let (jobs, inbox) = sync_channel::<Job>(IN_FLIGHT);
+        let (outbox, done) = sync_channel::<Batch>(IN_FLIGHT);
+        let handle = std::thread::Builder::new()
+            .name("seam-evaluator".into())
+            .spawn(move || {
+                while let Ok(job) = inbox.recv() {
+                    let outcome = evaluate(&conn, &job);
+                    let batch = Batch {
+                        commit: job.commit,
+                        now: job.now,
+                        profiles: job.profiles,
+                        outcome,
+                    };
+                    if outbox.send(batch).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            done,
+            handle: Some(handle),
+            out: 0,
+            ready: VecDeque::new(),
+            handed: HashSet::new(),
+            commits: 0,
+            touched: HashMap::new(),
+            redefined: 0,
+        })
+    }
+
+    /// Whether another batch may be handed out.
+    pub(crate) fn has_room(&self) -> bool {
+        self.out + self.ready.len() < IN_FLIGHT
+    }
+
+    /// Whether `key` is in a batch out or ready.
+    pub(crate) fn holds(&self, key: &Key) -> bool {
+        self.handed.contains(key)
+    }
+
+    /// Hands out `profiles` to be evaluated at `now` on a snapshot taken after every commit counted so far.
+    pub(crate) fn hand_out(&mut self, now: Millis, profiles: Vec<Key>) {
+        let Some(jobs) = &self.jobs else { return };
+        if profiles.is_empty() {
+            return;
+        }
+        let job = Job {
+            commit: self.commits,
+            now,
+            profiles,
+        };
+        self.handed.extend(job.profiles.iter().copied());
+        match jobs.try_send(job) {
+            Ok(()) => self.out += 1,
+            // Never full (`has_room`), and the thread ends only with this side: its profiles stay queued.
+            Err(e) => {
+                let job = match e {
+                    std::sync::mpsc::TrySendError::Full(j)
+                    | std::sync::mpsc::TrySendError::Disconnected(j) => j,
+                };
+                for key in &job.profiles {
+                    self.handed.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Waits up to `time` for a batch when one is out and none is ready.
+    pub(crate) fn wait(&mut self, time: Duration) {
+        if self.out == 0 || !self.ready.is_empty() {
+            return;
+        }
+        match self.done.recv_timeout(time) {
+            Ok(batch) => {
+                self.out -= 1;
+                self.ready.push_back(batch);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => self.lost(),
+        }
+    }
+
+    /// The batches back so far, to be written; their profiles are no longer handed out.
+    pub(crate) fn take_back(&mut self) -> Vec<Batch> {
+        loop {
+            match self.done.try_recv() {
+                Ok(batch) => {
+                    self.out -= 1;
+                    self.ready.push_back(batch);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.lost();
+                    break;
+                }
+            }
+        }
+        let batches: Vec<Batch> = self.ready.drain(..).collect();
+        for b in &batches {
+            for key in &b.profiles {
+                self.handed.remove(key);
+            }
+        }
+        batches
+    }
+
+    /// Whether what `batch` found for `key` may be out of date: the profile, or the definitions, changed in a
+    /// commit after the batch was handed out.
+    pub(crate) fn stale(&self, batch: &Batch, key: &Key) -> bool {
+        self.redefined > batch.commit || self.touched.get(key).is_some_and(|&c| c > batch.commit)
+    }
+
+    /// Counts a commit of the projector that touched `keys` (and changed the definitions, or ran a backfill
+    /// step, when `redefined`).
+    pub(crate) fn committed(&mut self, keys: impl IntoIterator<Item = Key>, redefined: bool) {
+        self.commits += 1;
+        if self.handed.is_empty() {
+            // Nothing out to be made stale: nothing to remember.
+            self.touched.clear();
+            return;
+        }
+        for key in keys {
+            self.touched.insert(key, self.commits);
+        }
+        if redefined {
+            self.redefined = self.commits;
+        }
+    }
+
+    /// The thread is gone (it panicked): its batches will not come back, and their profiles, still queued, are
+    /// handed out no more; the projector evaluates them itself from now on.
+    fn lost(&mut self) {
+        tracing::error!("the evaluator thread stopped; the projector evaluates alone");
+        self.jobs = None;
+        self.out = 0;
+        self.handed.clear();
+    }
+
+    /// Whether the thread still takes batches.
+    pub(crate) fn running(&self) -> bool {
+        self.jobs.is_some()
+    }
+}
+
+impl Drop for Evaluator {
+    fn drop(&mut self) {
+        // Without its inbox the thread ends after the batch in hand (its answer fits the channel).
+        self.jobs = None;
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Evaluates a batch in one read transaction (one snapshot for all of it).
+fn evaluate(conn: &Connection, job: &Job) -> Result<Vec<Option<Assessment>>, StoreError> {
+    conn.execute_batch("BEGIN")?;
+    let result = (|| {
+        let mut defs = HashMap::new();
+        let mut out = Vec::with_capacity(job.profiles.len());
+        for &(ws, profile) in &job.profiles {
+            if let std::collections::hash_map::Entry::Vacant(slot) = defs.entry(ws) {
+                slot.insert(load_defs(conn, ws)?);
+            }
+            out.push(assess(conn, &defs[&ws], ws, profile, job.now, None)?);
+        }
+        Ok(out)
+    })();
+    conn.execute_batch("COMMIT")?;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Batch, Evaluator};
+
+    fn batch(commit: u64) -> Batch {
+        Batch {
+            commit,
+            now: 0,
+            profiles: vec![(1, 7), (1, 8)],
+            outcome: Ok(vec![None, None]),
+        }
+    }
+
+    /// What a batch found is stale for a profile touched by a commit after the batch was handed out, and for
+    /// every profile after a definition changed; commits before it, and other profiles, leave it good.
+    #[test]
+    fn a_profile_touched_after_its_batch_was_handed_out_is_stale() {
+        let mut ev = Evaluator::start(rusqlite::Connection::open_in_memory().unwrap()).unwrap();
+        ev.committed([(1, 7)], false);
+        ev.hand_out(0, vec![(1, 7), (1, 8)]);
+        assert!(ev.holds(&(1, 7)) && ev.holds(&(1, 8)));
+        let handed = batch(1);
+        assert!(
+            !ev.stale(&handed, &(1, 7)),
+            "touched before it was handed out"
+        );
+        ev.committed([(1, 8), (2, 7)], false);
+        assert!(ev.stale(&handed, &(1, 8)));
+        assert!(!ev.stale(&handed, &(1, 7)));
+        ev.committed([], true);
+        assert!(ev.stale(&handed, &(1, 7)), "the definitions changed");
+        // A batch handed out after those commits is good again.
+        assert!(!ev.stale(&batch(3), &(1, 8)));
+    }
+
+    /// With nothing handed out, commits are counted and nothing is remembered; a batch the thread could not
+    /// evaluate comes back with its error, and its profiles are no longer held.
+    #[test]
+    fn a_failed_batch_comes_back_with_its_error() {
+        let mut ev = Evaluator::start(rusqlite::Connection::open_in_memory().unwrap()).unwrap();
+        ev.committed([(1, 7)], true);
+        assert!(ev.touched.is_empty());
+        ev.hand_out(5, vec![(1, 7)]);
+        let mut back = Vec::new();
+        while back.is_empty() {
+            ev.wait(std::time::Duration::from_secs(5));
+            back = ev.take_back();
+        }
+        assert_eq!(back.len(), 1);
+        assert_eq!((back[0].commit, back[0].now), (1, 5));
+        assert!(
+            back[0].outcome.is_err(),
+            "an empty database has no profiles table"
+        );
+        assert!(!ev.holds(&(1, 7)));
+        assert!(ev.has_room());
+    }
+}
