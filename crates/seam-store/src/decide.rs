@@ -19,7 +19,7 @@ use seam_audiences::{measure, parse, parse_metric, Expr, Library, Person, Person
 use seam_core::{Event, EventType, Millis, ProfileId, Seq};
 use serde_json::json;
 
-use crate::evaluator::{Evaluator, Key, IN_FLIGHT};
+use crate::evaluator::{Evaluator, Key};
 use crate::process::{Emitted, Touched};
 use crate::segments::{person_profile, track_events, tracked};
 use crate::{StoreError, WorkspaceKey};
@@ -423,13 +423,16 @@ impl Assessment {
 /// Evaluates up to `limit` queued profiles at `now` (those of a backlog, of a computed trait's backfill, of a
 /// due timer) and records the membership changes. With an `evaluator`, the queued profiles are handed to it
 /// instead, a batch of `limit` at a time, and what it found for the batches back since is written here (a
-/// profile changed since its batch was handed out is evaluated again here, at `now`). Returns the profiles to
-/// hand out once this transaction has committed.
+/// profile changed since its batch was handed out is evaluated again here, at `now`); `inline` evaluates the
+/// queued profiles here all the same (while a backfill step, writing memberships over a range of profiles, may
+/// run between a batch's snapshot and its return). Returns the profiles to hand out once this transaction has
+/// committed.
 pub(crate) fn decide(
     conn: &mut Connection,
     now: Millis,
     limit: usize,
-    evaluator: Option<&mut Evaluator>,
+    mut evaluator: Option<&mut Evaluator>,
+    inline: bool,
 ) -> Result<(Decided, Vec<Key>), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
@@ -444,70 +447,65 @@ pub(crate) fn decide(
         Ok(())
     };
     let mut hand_out = Vec::new();
-    let (mut apart, mut evaluated_again) = (0, 0);
-    match evaluator.filter(|e| e.running()) {
-        Some(ev) => {
-            let mut again = Vec::new();
-            for batch in ev.take_back() {
-                let failed = match &batch.outcome {
-                    Ok(_) => false,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "evaluating a batch failed; the projector evaluates it");
-                        true
-                    }
-                };
-                let stale: Vec<bool> = batch
-                    .profiles
-                    .iter()
-                    .map(|k| failed || ev.stale(&batch, k))
-                    .collect();
-                let mut outcomes = batch.outcome.unwrap_or_default().into_iter();
-                decider.out.now = batch.now;
-                for (key, stale) in batch.profiles.into_iter().zip(stale) {
-                    let found = outcomes.next().flatten();
-                    unqueue(key)?;
-                    if stale {
-                        again.push(key);
-                        continue;
-                    }
-                    apart += 1;
-                    if let Some(a) = found {
-                        // Merged away since the snapshot (a merge touches only the survivor): nothing of it
-                        // is written.
-                        let live: Option<bool> = tx
-                            .prepare_cached(
-                                "SELECT merged_into IS NULL FROM profiles WHERE ws = ?1 AND profile = ?2",
-                            )?
-                            .query_row(params![key.0, key.1], |r| r.get(0))
-                            .optional()?;
-                        if live == Some(true) {
-                            a.write(&tx, &mut decider.out, key.0, key.1)?;
-                        }
+    let mut apart = 0;
+    let mut again = Vec::new();
+    if let Some(ev) = evaluator.as_mut() {
+        for batch in ev.take_back() {
+            let failed = match &batch.outcome {
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "evaluating a batch failed; the projector evaluates it");
+                    true
+                }
+            };
+            let stale: Vec<bool> = batch
+                .profiles
+                .iter()
+                .map(|k| failed || ev.stale(&batch, k))
+                .collect();
+            let mut outcomes = batch.outcome.unwrap_or_default().into_iter();
+            decider.out.now = batch.now;
+            for (key, stale) in batch.profiles.into_iter().zip(stale) {
+                let found = outcomes.next().flatten();
+                unqueue(key)?;
+                if stale {
+                    again.push(key);
+                    continue;
+                }
+                apart += 1;
+                if let Some(a) = found {
+                    // Merged away since the snapshot (a merge touches only the survivor): nothing of it is
+                    // written.
+                    let live: Option<bool> = tx
+                        .prepare_cached(
+                            "SELECT merged_into IS NULL FROM profiles WHERE ws = ?1 AND profile = ?2",
+                        )?
+                        .query_row(params![key.0, key.1], |r| r.get(0))
+                        .optional()?;
+                    if live == Some(true) {
+                        a.write(&tx, &mut decider.out, key.0, key.1)?;
                     }
                 }
             }
-            decider.out.now = now;
-            evaluated_again = again.len() as u64;
-            for (ws, profile) in again {
-                decider.evaluate(ws, profile, None)?;
-            }
-            if ev.has_room() {
-                let rows: Vec<Key> = tx
-                    .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
-                    .query_map([(limit * IN_FLIGHT) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                hand_out = rows
-                    .into_iter()
-                    .filter(|k| !ev.holds(k))
-                    .take(limit)
-                    .collect();
-            }
         }
+    }
+    decider.out.now = now;
+    let evaluated_again = again.len() as u64;
+    for (ws, profile) in again {
+        decider.evaluate(ws, profile, None)?;
+    }
+    // The profiles of batches still out are not queued twice, nor evaluated here meanwhile.
+    let held = |k: &Key| evaluator.as_ref().is_some_and(|e| e.holds(k));
+    let out = evaluator.as_ref().map_or(0, |e| e.held());
+    let rows: Vec<Key> = tx
+        .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
+        .query_map([(limit + out) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let queued = rows.into_iter().filter(|k| !held(k)).take(limit);
+    match evaluator.as_ref().filter(|e| e.running() && !inline) {
+        Some(ev) if ev.has_room() => hand_out = queued.collect(),
+        Some(_) => {}
         None => {
-            let queued: Vec<Key> = tx
-                .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
-                .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
             for (ws, profile) in queued {
                 unqueue((ws, profile))?;
                 decider.evaluate(ws, profile, None)?;

@@ -48,8 +48,8 @@ pub(crate) struct Evaluator {
     jobs: Option<SyncSender<Job>>,
     done: Receiver<Batch>,
     handle: Option<JoinHandle<()>>,
-    /// Batches handed out and not yet taken back.
-    out: usize,
+    /// The commit each batch handed out and not yet taken back was handed out after, oldest first.
+    out: VecDeque<u64>,
     /// Batches back, not yet written.
     ready: VecDeque<Batch>,
     /// The profiles of the batches out or ready.
@@ -87,7 +87,7 @@ impl Evaluator {
             jobs: Some(jobs),
             done,
             handle: Some(handle),
-            out: 0,
+            out: VecDeque::new(),
             ready: VecDeque::new(),
             handed: HashSet::new(),
             commits: 0,
@@ -98,7 +98,12 @@ impl Evaluator {
 
     /// Whether another batch may be handed out.
     pub(crate) fn has_room(&self) -> bool {
-        self.out + self.ready.len() < IN_FLIGHT
+        self.out.len() + self.ready.len() < IN_FLIGHT
+    }
+
+    /// How many profiles are in batches out or ready.
+    pub(crate) fn held(&self) -> usize {
+        self.handed.len()
     }
 
     /// Whether `key` is in a batch out or ready.
@@ -118,8 +123,9 @@ impl Evaluator {
             profiles,
         };
         self.handed.extend(job.profiles.iter().copied());
+        let commit = job.commit;
         match jobs.try_send(job) {
-            Ok(()) => self.out += 1,
+            Ok(()) => self.out.push_back(commit),
             // Never full (`has_room`), and the thread ends only with this side: its profiles stay queued.
             Err(e) => {
                 let job = match e {
@@ -135,12 +141,12 @@ impl Evaluator {
 
     /// Waits up to `time` for a batch when one is out and none is ready.
     pub(crate) fn wait(&mut self, time: Duration) {
-        if self.out == 0 || !self.ready.is_empty() {
+        if self.out.is_empty() || !self.ready.is_empty() {
             return;
         }
         match self.done.recv_timeout(time) {
             Ok(batch) => {
-                self.out -= 1;
+                self.out.pop_front();
                 self.ready.push_back(batch);
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -153,7 +159,7 @@ impl Evaluator {
         loop {
             match self.done.try_recv() {
                 Ok(batch) => {
-                    self.out -= 1;
+                    self.out.pop_front();
                     self.ready.push_back(batch);
                 }
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
@@ -182,11 +188,19 @@ impl Evaluator {
     /// step, when `redefined`).
     pub(crate) fn committed(&mut self, keys: impl IntoIterator<Item = Key>, redefined: bool) {
         self.commits += 1;
-        if self.handed.is_empty() {
-            // Nothing out to be made stale: nothing to remember.
+        // A commit before the oldest batch out or ready was handed out cannot make it stale: what is kept is
+        // what touched a profile since, not every profile touched while batches keep going out.
+        let oldest = self
+            .ready
+            .iter()
+            .map(|b| b.commit)
+            .chain(self.out.iter().copied())
+            .min();
+        let Some(oldest) = oldest else {
             self.touched.clear();
             return;
-        }
+        };
+        self.touched.retain(|_, c| *c > oldest);
         for key in keys {
             self.touched.insert(key, self.commits);
         }
@@ -200,7 +214,7 @@ impl Evaluator {
     fn lost(&mut self) {
         tracing::error!("the evaluator thread stopped; the projector evaluates alone");
         self.jobs = None;
-        self.out = 0;
+        self.out.clear();
         self.handed.clear();
     }
 
@@ -294,5 +308,23 @@ mod tests {
         );
         assert!(!ev.holds(&(1, 7)));
         assert!(ev.has_room());
+    }
+
+    /// What a commit touched is kept only while a batch handed out before it is out or waiting to be written.
+    #[test]
+    fn what_a_commit_touched_is_forgotten_once_no_older_batch_is_out() {
+        let mut ev = Evaluator::start(rusqlite::Connection::open_in_memory().unwrap()).unwrap();
+        ev.hand_out(0, vec![(1, 1)]);
+        ev.committed([(1, 7)], false);
+        assert!(ev.touched.contains_key(&(1, 7)));
+        let mut back = Vec::new();
+        while back.is_empty() {
+            ev.wait(std::time::Duration::from_secs(5));
+            back = ev.take_back();
+        }
+        ev.hand_out(0, vec![(1, 2)]);
+        ev.committed([(1, 8)], false);
+        assert!(!ev.touched.contains_key(&(1, 7)));
+        assert!(ev.touched.contains_key(&(1, 8)));
     }
 }

@@ -293,25 +293,28 @@ impl Projector {
         &mut self,
         now: seam_core::Millis,
     ) -> Result<crate::decide::Decided, StoreError> {
-        let (mut d, hand_out) = crate::decide::decide(
-            &mut self.conn,
-            now,
-            EVALUATED_PER_PASS,
-            self.evaluator.as_mut(),
-        )?;
-        if let Some(ev) = &mut self.evaluator {
-            ev.committed([], false);
-            ev.hand_out(now, hand_out);
-        }
+        // A backfill step writes memberships over a range of profiles between passes: while one is under
+        // way the queued profiles are evaluated here, where nothing can change under them.
         let backfilling = self.evaluator.is_some()
             && self
                 .conn
                 .query_row("SELECT EXISTS (SELECT 1 FROM pending_backfills)", [], |r| {
                     r.get::<_, bool>(0)
                 })?;
+        let (mut d, hand_out) = crate::decide::decide(
+            &mut self.conn,
+            now,
+            EVALUATED_PER_PASS,
+            self.evaluator.as_mut(),
+            backfilling,
+        )?;
+        if let Some(ev) = &mut self.evaluator {
+            ev.committed([], false);
+            ev.hand_out(now, hand_out);
+        }
         let b = crate::backfill::step(&mut self.conn, now, crate::backfill::PROFILES_PER_STEP)?;
         if let (Some(ev), true) = (&mut self.evaluator, backfilling) {
-            // A backfill step writes memberships of a range of profiles: what was read before it may be stale.
+            // What a batch still out read before this step may be stale.
             ev.committed([], true);
         }
         d.emitted.extend(b.emitted);
