@@ -1,10 +1,11 @@
-//! The evaluator: a thread that evaluates queued profiles against their segments on a snapshot of the
-//! projections while the projector goes on applying events, so that a backlog of evaluations uses the second
+//! The evaluator: a thread that evaluates queued profiles against their segments, reading the projections,
+//! while the projector goes on applying events, so that a backlog of evaluations uses the second
 //! core rather than taking turns with the events on the projector's.
 //!
 //! The projector hands it a batch of profiles from `pending_evaluations` (at most [`IN_FLIGHT`] batches at a
 //! time, never sharing a profile) and later writes what came back ([`crate::decide::Assessment`]) in its own
-//! transaction. An assessment is only as good as the snapshot it was read from, so the projector numbers its
+//! transaction. An assessment is only as good as the reading it was made from (a read transaction per
+//! profile, begun after the batch was handed out), so the projector numbers its
 //! commits and remembers, while batches are out, which profiles each commit touched and whether it changed
 //! the definitions or ran a step of a backfill. An assessment of a profile touched after its batch was handed
 //! out (or of any profile, after such a change) is dropped, and that profile is evaluated again by the
@@ -111,7 +112,7 @@ impl Evaluator {
         self.handed.contains(key)
     }
 
-    /// Hands out `profiles` to be evaluated at `now` on a snapshot taken after every commit counted so far.
+    /// Hands out `profiles` to be evaluated at `now`, each read after every commit counted so far.
     pub(crate) fn hand_out(&mut self, now: Millis, profiles: Vec<Key>) {
         let Some(jobs) = &self.jobs else { return };
         if profiles.is_empty() {
@@ -234,22 +235,22 @@ impl Drop for Evaluator {
     }
 }
 
-/// Evaluates a batch in one read transaction (one snapshot for all of it).
+/// Evaluates a batch, each profile in a read transaction of its own: one consistent reading of the person, and
+/// no snapshot held for long (starting the projections' WAL over waits for every reader). Every one of them
+/// starts after the batch was handed out, which is all the staleness rule needs.
 fn evaluate(conn: &Connection, job: &Job) -> Result<Vec<Option<Assessment>>, StoreError> {
-    conn.execute_batch("BEGIN")?;
-    let result = (|| {
-        let mut defs = HashMap::new();
-        let mut out = Vec::with_capacity(job.profiles.len());
-        for &(ws, profile) in &job.profiles {
-            if let std::collections::hash_map::Entry::Vacant(slot) = defs.entry(ws) {
-                slot.insert(load_defs(conn, ws)?);
-            }
-            out.push(assess(conn, &defs[&ws], ws, profile, job.now, None)?);
+    let mut defs = HashMap::new();
+    let mut out = Vec::with_capacity(job.profiles.len());
+    for &(ws, profile) in &job.profiles {
+        if let std::collections::hash_map::Entry::Vacant(slot) = defs.entry(ws) {
+            slot.insert(load_defs(conn, ws)?);
         }
-        Ok(out)
-    })();
-    conn.execute_batch("COMMIT")?;
-    result
+        conn.execute_batch("BEGIN")?;
+        let found = assess(conn, &defs[&ws], ws, profile, job.now, None);
+        conn.execute_batch("COMMIT")?;
+        out.push(found?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
