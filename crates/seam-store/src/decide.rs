@@ -299,6 +299,15 @@ pub(crate) struct Assessment {
     next: Option<Millis>,
 }
 
+/// Whether the profile exists and was not merged away.
+fn live(conn: &Connection, ws: i64, profile: i64) -> Result<bool, StoreError> {
+    let live: Option<bool> = conn
+        .prepare_cached("SELECT merged_into IS NULL FROM profiles WHERE ws = ?1 AND profile = ?2")?
+        .query_row(params![ws, profile], |r| r.get(0))
+        .optional()?;
+    Ok(live == Some(true))
+}
+
 /// Evaluates one profile at `now` against every segment and computed trait of its workspace (`d`), reading
 /// through `conn` only; `None` when the profile was merged away or is unknown.
 pub(crate) fn assess(
@@ -309,11 +318,7 @@ pub(crate) fn assess(
     now: Millis,
     fresh: Option<Fresh<'_>>,
 ) -> Result<Option<Assessment>, StoreError> {
-    let live: Option<bool> = conn
-        .prepare_cached("SELECT merged_into IS NULL FROM profiles WHERE ws = ?1 AND profile = ?2")?
-        .query_row(params![ws, profile], |r| r.get(0))
-        .optional()?;
-    if live != Some(true) {
+    if !live(conn, ws, profile)? {
         return Ok(None);
     }
     let mut data = person_profile(conn, "main", WorkspaceKey(ws), profile)?;
@@ -476,13 +481,7 @@ pub(crate) fn decide(
                 if let Some(a) = found {
                     // Merged away since the snapshot (a merge touches only the survivor): nothing of it is
                     // written.
-                    let live: Option<bool> = tx
-                        .prepare_cached(
-                            "SELECT merged_into IS NULL FROM profiles WHERE ws = ?1 AND profile = ?2",
-                        )?
-                        .query_row(params![key.0, key.1], |r| r.get(0))
-                        .optional()?;
-                    if live == Some(true) {
+                    if live(&tx, key.0, key.1)? {
                         a.write(&tx, &mut decider.out, key.0, key.1)?;
                     }
                 }

@@ -77,33 +77,8 @@ async fn shop_traffic_is_stitched_as_the_truth_says_and_a_rebuild_equals_the_liv
 
     let mut shop = Shop::new(300, 7, NOW - 86_400_000);
     let events = shop.events(8_000);
-    let client = reqwest::Client::new();
-    let sends = batches(&events, 100).into_iter().map(|body| {
-        let req = client
-            .post(format!("{base}/v1/batch"))
-            .basic_auth(&creds.write_key, Some(""))
-            .body(body);
-        async move {
-            req.header("content-type", "application/json")
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
     // Four requests in flight at a time, so group commits gather several batches.
-    let mut pending = Vec::new();
-    for fut in sends {
-        pending.push(tokio::spawn(fut));
-        if pending.len() == 4 {
-            for p in pending.drain(..) {
-                assert_eq!(p.await.unwrap(), 200);
-            }
-        }
-    }
-    for p in pending {
-        assert_eq!(p.await.unwrap(), 200);
-    }
+    send_all(&base, &creds.write_key, &events).await;
     store.caught_up().await;
 
     // Every person's identifiers that ever appeared together are on one profile, and no profile holds
