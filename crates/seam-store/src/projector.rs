@@ -385,7 +385,8 @@ impl Projector {
                     .map(|i| rows[i].2.as_str())
             };
             let touched = self.processor.take_touched();
-            if self.evaluator.is_some() {
+            // Only batches out can be made stale by what this transaction touches.
+            if self.evaluator.as_ref().is_some_and(|e| e.held() > 0) {
                 keys.extend(touched.keys().copied());
             }
             let decided = crate::decide::decide_touched(&tx, clock.now_ms(), touched, body)?;

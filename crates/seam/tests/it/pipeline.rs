@@ -50,15 +50,21 @@ fn actual_grouping(db: &std::path::Path) -> BTreeSet<BTreeSet<String>> {
     groups.into_values().collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shop_traffic_is_stitched_as_the_truth_says_and_a_rebuild_equals_the_live_projections() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("live");
-    let creds = seam_store::workspace::init_data_dir(&data, NOW)
+/// A fresh data folder at `data` served on a random local port, its clock standing at `NOW`.
+struct Served {
+    store: Store,
+    base: String,
+    creds: seam_store::workspace::Credentials,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn serve_fresh(data: &std::path::Path) -> Served {
+    let creds = seam_store::workspace::init_data_dir(data, NOW)
         .unwrap()
         .unwrap();
     let store = Store::open(
-        &data,
+        data,
         StoreOptions::default(),
         Arc::new(ManualClock::new(NOW)),
     )
@@ -74,6 +80,26 @@ async fn shop_traffic_is_stitched_as_the_truth_says_and_a_rebuild_equals_the_liv
     let server = tokio::spawn(seam_server::serve(listener, state, async {
         let _ = stopped.await;
     }));
+    Served {
+        store,
+        base,
+        creds,
+        stop,
+        server,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shop_traffic_is_stitched_as_the_truth_says_and_a_rebuild_equals_the_live_projections() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("live");
+    let Served {
+        store,
+        base,
+        creds,
+        stop,
+        server,
+    } = serve_fresh(&data).await;
 
     let mut shop = Shop::new(300, 7, NOW - 86_400_000);
     let events = shop.events(8_000);
@@ -147,7 +173,7 @@ async fn send_all(base: &str, write_key: &str, events: &[seam::bench::shop::GenE
 }
 
 /// With twenty segments active, a computed trait defined over existing traffic queues everyone at once: they
-/// are evaluated on the evaluator's thread, in batches on snapshots, while more traffic arrives and changes
+/// are evaluated on the evaluator's thread, in batches, while more traffic arrives and changes
 /// some of them meanwhile. Every live profile's memberships and computed trait then equal an evaluation of its
 /// whole history from scratch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,18 +182,13 @@ async fn memberships_decided_off_the_projector_equal_an_evaluation_from_scratch(
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("live");
-    let creds = seam_store::workspace::init_data_dir(&data, NOW)
-        .unwrap()
-        .unwrap();
-    let clock = ManualClock::new(NOW);
-    let store = Store::open(&data, StoreOptions::default(), Arc::new(clock.clone())).unwrap();
-    let state = AppState::new(store.clone(), Arc::new(clock), ApiSettings::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(seam_server::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let Served {
+        store,
+        base,
+        creds,
+        stop,
+        server,
+    } = serve_fresh(&data).await;
     let (ws, _) = store.authenticate(&creds.write_key).unwrap();
 
     let defs: Vec<(String, String, String)> = seam_audiences::EXAMPLES
