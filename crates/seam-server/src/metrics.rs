@@ -153,5 +153,14 @@ pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
         "# HELP seam_log_seq Highest position in the event log."
     );
     let _ = writeln!(out, "# TYPE seam_log_seq gauge\nseam_log_seq {log_seq}");
+    let _ = writeln!(
+        out,
+        "# HELP seam_wal_held_bytes Bytes of frames each WAL held when last copied into its database file.\n\
+         # TYPE seam_wal_held_bytes gauge\n\
+         seam_wal_held_bytes{{file=\"log\"}} {}\n\
+         seam_wal_held_bytes{{file=\"projections\"}} {}",
+        load(&st.log_wal_held),
+        load(&st.projections_wal_held)
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -119,6 +119,10 @@ pub struct Stats {
     /// left to copy than may be copied while writes wait. Rising while `wal_restarts` stays means the WAL keeps
     /// growing.
     pub wal_restarts_deferred: AtomicU64,
+    /// Bytes of frames in the log's WAL and in the projections' when they were last copied into their files
+    /// (0 once started over): the projector starts a WAL over only when this says it is past its limit.
+    pub log_wal_held: AtomicU64,
+    pub projections_wal_held: AtomicU64,
     /// How long each batch waited for the group commit that holds it to start.
     pub commit_wait: seam_core::histogram::Histogram,
     /// How long each group commit took, its fsync included.
@@ -307,10 +311,13 @@ impl Store {
         .start(tx.clone(), wakeup.clone(), stats.clone(), applied_tx, clock)?;
         let checkpointer = writer::Checkpointer::start(
             vec![
-                (data_dir.join(DB_FILE), writer::LOG_WAL_LIMITS),
+                (data_dir.join(DB_FILE), writer::LOG_WAL_LIMITS, |s| {
+                    &s.log_wal_held
+                }),
                 (
                     data_dir.join(PROJECTIONS_FILE),
                     writer::PROJECTIONS_WAL_LIMITS,
+                    |s| &s.projections_wal_held,
                 ),
             ],
             Arc::downgrade(&stats),

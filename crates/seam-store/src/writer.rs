@@ -2,7 +2,7 @@
 //! transaction (group commit); the batches are acknowledged after COMMIT, which with `synchronous=FULL` in WAL
 //! mode means the events are on disk.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -234,11 +234,13 @@ pub(crate) enum Checkpointed {
 /// (one that started behind held a group commit past the writer's 5 s busy timeout on a 20-million-event
 /// ingest), after the pages copied so far are flushed to disk without blocking anyone, and the WAL file is
 /// kept for the next writes rather than truncated (emptying a 256 MiB file took 250 ms on this machine's
-/// disk, all of it holding the writer).
+/// disk, all of it holding the writer). `held` is set to the bytes of frames the WAL holds (0 once started
+/// over), so that others can tell whether a restart is due without copying anything themselves.
 pub(crate) fn checkpoint(
     conn: &Connection,
     wal: &std::path::Path,
     limits: WalLimits,
+    held_now: &AtomicU64,
 ) -> Result<Checkpointed, StoreError> {
     // `main.`: the projector's connection has the log attached, which is not its to checkpoint.
     let passive = || -> Result<(i64, i64), StoreError> {
@@ -252,6 +254,7 @@ pub(crate) fn checkpoint(
     let page: i64 = conn.query_row("PRAGMA main.page_size", [], |r| r.get(0))?;
     // A frame is a page and its 24-byte header.
     let held = log.max(0) as u64 * (page as u64 + 24);
+    held_now.store(held, Ordering::Relaxed);
     if held <= limits.restart_above {
         return Ok(Checkpointed::Copied);
     }
@@ -292,6 +295,7 @@ pub(crate) fn checkpoint(
         tracing::debug!(held, "the WAL could not be started over yet; trying again");
         return Ok(Checkpointed::Busy);
     }
+    held_now.store(0, Ordering::Relaxed);
     Ok(if truncate {
         Checkpointed::Truncated
     } else {
@@ -356,6 +360,9 @@ pub(crate) fn wal_size(wal: &std::path::Path) -> u64 {
     std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
 }
 
+/// The figure of [`Stats`] that shows what a database's WAL holds.
+pub(crate) type HeldIn = fn(&Stats) -> &AtomicU64;
+
 /// The threads, one per database, that move each WAL into its file every second without blocking the writer:
 /// a slow copy of one file (the projections' pages are scattered) never delays the other's.
 pub(crate) struct Checkpointer {
@@ -364,14 +371,15 @@ pub(crate) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts checkpointing `paths`; the threads end when `alive` is gone or [`Checkpointer::stop`] is called.
+    /// Starts checkpointing `paths`, each with its limits and the figure of [`Stats`] that shows what its WAL
+    /// holds; the threads end when `alive` is gone or [`Checkpointer::stop`] is called.
     pub(crate) fn start(
-        paths: Vec<(std::path::PathBuf, WalLimits)>,
+        paths: Vec<(std::path::PathBuf, WalLimits, HeldIn)>,
         alive: std::sync::Weak<Stats>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut handles = Vec::with_capacity(paths.len());
-        for (path, limits) in paths {
+        for (path, limits, held) in paths {
             let stopped = stop.clone();
             let alive = alive.clone();
             handles.push(
@@ -395,7 +403,7 @@ impl Checkpointer {
                             if stopped.load(Ordering::SeqCst) {
                                 break;
                             }
-                            match checkpoint(&conn, &wal, limits) {
+                            match checkpoint(&conn, &wal, limits, held(&stats)) {
                                 Ok(done) => done.count(&stats),
                                 Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
                             }
@@ -426,6 +434,8 @@ impl Checkpointer {
 #[cfg(test)]
 mod tests {
     use rusqlite::Connection;
+
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::{checkpoint, wal_size as size, Checkpointed, WalLimits};
 
@@ -487,6 +497,7 @@ mod tests {
     #[test]
     fn a_wal_past_the_limit_is_started_over_once_no_reader_holds_it() {
         let dir = tempfile::tempdir().unwrap();
+        let held = AtomicU64::new(0);
         let (writer, wal) = written(dir.path(), 1_000);
         let checkpointer = open(dir.path());
 
@@ -498,24 +509,34 @@ mod tests {
         let before = size(&wal);
         assert!(before > 1_000_000, "{before}");
         assert_eq!(
-            checkpoint(&checkpointer, &wal, limits(before, 0)).unwrap(),
+            checkpoint(&checkpointer, &wal, limits(before, 0), &held).unwrap(),
             Checkpointed::Copied
         );
         assert_eq!(size(&wal), before);
+        // What it holds is shown: every frame, a 4 KiB page and its header each.
+        let shown = held.load(Ordering::Relaxed);
+        assert_eq!(shown, frames(&checkpointer) as u64 * (4096 + 24));
+        assert!(shown > 1_000_000, "{shown}");
 
         // Past it: not started over while the reader stays, no error, no data lost.
         assert_eq!(
-            checkpoint(&checkpointer, &wal, limits(1_000, 10)).unwrap(),
+            checkpoint(&checkpointer, &wal, limits(1_000, 10), &held).unwrap(),
             Checkpointed::Busy
         );
-        let held = frames(&checkpointer);
-        assert!(held > 1_000, "{held}");
+        let framed = frames(&checkpointer);
+        assert!(framed > 1_000, "{framed}");
+        assert!(held.load(Ordering::Relaxed) > 1_000_000);
 
         // Once it is done, the next pass starts it over: the next writes go to the beginning of the same file.
         reader.execute_batch("COMMIT").unwrap();
         assert_eq!(
-            checkpoint(&checkpointer, &wal, limits(1_000, 10)).unwrap(),
+            checkpoint(&checkpointer, &wal, limits(1_000, 10), &held).unwrap(),
             Checkpointed::Restarted
+        );
+        assert_eq!(
+            held.load(Ordering::Relaxed),
+            0,
+            "started over: nothing held"
         );
         let file = size(&wal);
         insert(&writer, 10);
@@ -529,6 +550,7 @@ mod tests {
     #[test]
     fn only_the_main_database_of_a_connection_is_started_over() {
         let dir = tempfile::tempdir().unwrap();
+        let held = AtomicU64::new(0);
         let (writer, wal) = written(dir.path(), 100);
         let other = dir.path().join("other");
         std::fs::create_dir(&other).unwrap();
@@ -541,7 +563,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            checkpoint(&writer, &wal, limits(1_000, 10)).unwrap(),
+            checkpoint(&writer, &wal, limits(1_000, 10), &held).unwrap(),
             Checkpointed::Restarted
         );
         insert(&writer, 1);
@@ -554,6 +576,7 @@ mod tests {
     #[test]
     fn a_wal_file_past_its_bound_is_truncated() {
         let dir = tempfile::tempdir().unwrap();
+        let held = AtomicU64::new(0);
         let (writer, wal) = written(dir.path(), 100);
         let checkpointer = open(dir.path());
         let bounded = WalLimits {
@@ -561,7 +584,7 @@ mod tests {
             ..limits(1_000, 10)
         };
         assert_eq!(
-            checkpoint(&checkpointer, &wal, bounded).unwrap(),
+            checkpoint(&checkpointer, &wal, bounded, &held).unwrap(),
             Checkpointed::Truncated
         );
         assert_eq!(size(&wal), 0);
@@ -575,30 +598,31 @@ mod tests {
     #[test]
     fn a_wal_far_behind_its_copy_is_not_started_over_until_the_copy_catches_up() {
         let dir = tempfile::tempdir().unwrap();
+        let held = AtomicU64::new(0);
         let (writer, wal) = written(dir.path(), 10);
         let checkpointer = open(dir.path());
         let reader = reading(dir.path(), 10);
         insert(&writer, 500);
         let stats = crate::Stats::default();
-        let behind = checkpoint(&checkpointer, &wal, limits(1_000, 100)).unwrap();
+        let behind = checkpoint(&checkpointer, &wal, limits(1_000, 100), &held).unwrap();
         match behind {
             Checkpointed::Behind { left } => assert!(left > 100, "{left}"),
             other => panic!("{other:?}"),
         }
         behind.count(&stats);
         // The same WAL with no limit on what is left would be tried (and be busy while the reader stays).
-        let busy = checkpoint(&checkpointer, &wal, limits(1_000, i64::MAX)).unwrap();
+        let busy = checkpoint(&checkpointer, &wal, limits(1_000, i64::MAX), &held).unwrap();
         assert_eq!(busy, Checkpointed::Busy);
         busy.count(&stats);
 
         reader.execute_batch("COMMIT").unwrap();
-        let restarted = checkpoint(&checkpointer, &wal, limits(1_000, 100)).unwrap();
+        let restarted = checkpoint(&checkpointer, &wal, limits(1_000, 100), &held).unwrap();
         assert_eq!(restarted, Checkpointed::Restarted);
         restarted.count(&stats);
         insert(&writer, 1);
         assert!(frames(&checkpointer) < 10, "{}", frames(&checkpointer));
         // What `/metrics` shows: two put off, one done.
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         assert_eq!(load(&stats.wal_restarts_deferred), 2);
         assert_eq!(load(&stats.wal_restarts), 1);
         assert_eq!(rows(&open(dir.path())), 511);

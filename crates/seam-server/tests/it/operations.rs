@@ -233,6 +233,17 @@ async fn metrics_count_accepted_rejected_and_deduplicated_events_and_ack_latency
             "missing {line:?} in\n{text}"
         );
     }
+    // What each WAL holds is shown, for both files.
+    for file in ["log", "projections"] {
+        let name = format!("seam_wal_held_bytes{{file=\"{file}\"}}");
+        assert!(
+            text.lines().any(|l| l
+                .strip_prefix(&name)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some()),
+            "missing {name} in\n{text}"
+        );
+    }
     // Every group commit is timed: the histogram counts as many as the counter.
     let value = |name: &str| -> u64 {
         text.lines()
