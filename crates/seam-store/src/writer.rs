@@ -234,8 +234,8 @@ pub(crate) enum Checkpointed {
 /// (one that started behind held a group commit past the writer's 5 s busy timeout on a 20-million-event
 /// ingest), after the pages copied so far are flushed to disk without blocking anyone, and the WAL file is
 /// kept for the next writes rather than truncated (emptying a 256 MiB file took 250 ms on this machine's
-/// disk, all of it holding the writer). `held` is set to the bytes of frames the WAL holds (0 once started
-/// over), so that others can tell whether a restart is due without copying anything themselves.
+/// disk, all of it holding the writer). `held_now` is set to the bytes of frames the WAL holds (0 once
+/// started over), so that others can tell whether a restart is due without copying anything themselves.
 pub(crate) fn checkpoint(
     conn: &Connection,
     wal: &std::path::Path,
@@ -433,9 +433,9 @@ impl Checkpointer {
 
 #[cfg(test)]
 mod tests {
-    use rusqlite::Connection;
-
     use std::sync::atomic::{AtomicU64, Ordering};
+
+    use rusqlite::Connection;
 
     use super::{checkpoint, wal_size as size, Checkpointed, WalLimits};
 
