@@ -20,7 +20,8 @@ use seam_core::{Event, EventType, Millis, ProfileId, Seq};
 use serde_json::json;
 
 use crate::evaluator::{Evaluator, Key};
-use crate::process::{Emitted, Touched};
+use crate::outbox::Emitted;
+use crate::process::Touched;
 use crate::segments::{person_profile, track_events, tracked};
 use crate::{StoreError, WorkspaceKey};
 

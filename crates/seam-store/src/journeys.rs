@@ -25,7 +25,8 @@ use seam_journeys::{local, Category, Channel};
 use serde_json::{json, Map, Value};
 
 use crate::decide::Decided;
-use crate::process::{text, Emitted};
+use crate::outbox::Emitted;
+use crate::process::text;
 use crate::segments::{person_profile, track_events, PersonData};
 use crate::{StoreError, WorkspaceKey};
 

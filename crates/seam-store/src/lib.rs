@@ -18,6 +18,7 @@ mod dedup;
 pub mod deliveries;
 mod evaluator;
 pub mod journeys;
+mod outbox;
 mod process;
 mod projector;
 pub mod read;
@@ -176,7 +177,7 @@ pub(crate) enum Command {
         queued: seam_core::clock::Stopwatch,
     },
     /// Seam's own events from the projector.
-    System { events: Vec<process::Emitted> },
+    System { events: Vec<outbox::Emitted> },
 }
 
 impl Command {
@@ -536,12 +537,18 @@ pub fn dump_projections(data_dir: &Path) -> Result<String, StoreError> {
     let conn = open_connection(&data_dir.join(PROJECTIONS_FILE), true)?;
     let mut out = String::new();
     for table in schema::PROJECTION_TABLES {
+        // The outbox's row numbers are not compared: a live store and a rebuilt one number their rows apart.
+        let columns = if *table == "outbox" {
+            "ws, message_id, body"
+        } else {
+            "*"
+        };
         let cols = conn
-            .prepare(&format!("SELECT * FROM {table}"))?
+            .prepare(&format!("SELECT {columns} FROM {table}"))?
             .column_count();
         let order: Vec<String> = (1..=cols).map(|i| i.to_string()).collect();
         let mut stmt = conn.prepare(&format!(
-            "SELECT * FROM {table} ORDER BY {}",
+            "SELECT {columns} FROM {table} ORDER BY {}",
             order.join(", ")
         ))?;
         let cols = stmt.column_count();

@@ -18,6 +18,7 @@ use seam_identity::{alias_previous, resolve, IdentityView, Resolution, ResolveEr
 use seam_profiles::ProfileState;
 use serde_json::{json, Map, Value};
 
+use crate::outbox::{Emitted, Pending};
 use crate::StoreError;
 
 /// Entries kept in each cache before it is emptied (the caches only save reads; the database is the truth).
@@ -61,23 +62,6 @@ pub(crate) fn key(p: &ProfileId) -> i64 {
     p.created_seq()
 }
 
-/// A system event decided in this transaction, to be appended to the log once it commits.
-pub(crate) struct Emitted {
-    pub ws: i64,
-    pub event: Event,
-    pub json: String,
-}
-
-impl Emitted {
-    /// Writes a decided event to the outbox (in the decision's transaction), to be appended to the log.
-    pub(crate) fn to_outbox(conn: &Connection, ws: i64, event: Event) -> Result<Self, StoreError> {
-        let json = serde_json::to_string(&event)?;
-        conn.prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
-            .execute(params![ws, event.message_id, json])?;
-        Ok(Self { ws, event, json })
-    }
-}
-
 pub(crate) struct Processor {
     rules: HashMap<i64, Arc<IdentifierRules>>,
     /// Profile states read or written recently; written back for those in `dirty` by `flush`.
@@ -90,6 +74,8 @@ pub(crate) struct Processor {
     emitted: Vec<Emitted>,
     /// System events that came back through the log (and left the outbox) since the last `take_emitted`.
     returned: usize,
+    /// The outbox's rows: every system event decided and not yet back through the log.
+    outbox: Pending,
     /// Membership decisions are made for events after this log position (older ones are replayed).
     decide_after: Seq,
     /// Whether each workspace has any segment or computed trait (then touched profiles are evaluated).
@@ -288,6 +274,7 @@ impl Processor {
             owners: HashMap::new(),
             emitted: Vec::new(),
             returned: 0,
+            outbox: Pending::default(),
             decide_after: Seq::MAX,
             has_segments: HashMap::new(),
             touched: BTreeMap::new(),
@@ -394,9 +381,7 @@ impl Processor {
         }
         if event.message_id.starts_with("$seam:") {
             // Seam's own received-kind event (traits a journey set): back from the log, out of the outbox.
-            self.returned += conn
-                .prepare_cached("DELETE FROM outbox WHERE ws = ?1 AND message_id = ?2")?
-                .execute(params![ws, event.message_id])?;
+            self.returned += usize::from(self.outbox.returned(conn, ws, &event.message_id)?);
         }
         let rules = self.rules.entry(ws).or_default().clone();
         let mut view = SqlView {
@@ -533,19 +518,17 @@ impl Processor {
             }
             _ => {}
         }
-        let decided_here = conn
-            .prepare_cached("DELETE FROM outbox WHERE ws = ?1 AND message_id = ?2")?
-            .execute(params![ws, event.message_id])?;
-        self.returned += decided_here;
+        let decided_here = self.outbox.returned(conn, ws, &event.message_id)?;
+        self.returned += usize::from(decided_here);
         if matches!(
             event.kind,
             EventType::SegmentEntered | EventType::SegmentExited
-        ) && decided_here == 0
+        ) && !decided_here
         {
             // Decided before this projection existed (a rebuild): take the decision from the log.
             apply_membership(conn, ws, event)?;
         }
-        if event.kind == EventType::JourneyStep && decided_here == 0 {
+        if event.kind == EventType::JourneyStep && !decided_here {
             // Not in the outbox, yet after `decide_after`: only its person was read (`projector::slim_event`).
             let whole: Event;
             let event = if self.decides(seq) {
@@ -674,24 +657,33 @@ impl Processor {
         properties: Value,
     ) -> Result<(), StoreError> {
         let message_id = format!("$seam:{}:{cause}:{key}", kind.as_str());
+        if self.outbox.holds(ws, &message_id) {
+            return Ok(());
+        }
         let props: Map<String, Value> = properties.as_object().cloned().unwrap_or_default();
         let mut event = Event::system(message_id, kind, caused_by.timestamp, props);
         event.received_at = caused_by.received_at;
-        let json = serde_json::to_string(&event)?;
-        let inserted = conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![ws, event.message_id, json])?;
-        if inserted == 1 {
-            self.emitted.push(Emitted { ws, event, json });
-        }
+        let emitted = Emitted::to_outbox(conn, ws, event)?;
+        self.outbox.written(&emitted);
+        self.emitted.push(emitted);
         Ok(())
     }
 
-    /// System events decided since the last call (to hand to the log writer after the commit), and how many
-    /// came back through the log.
+    /// The outbox's rows as the projections hold them (when they are opened).
+    pub(crate) fn outbox_holds(&mut self, pending: Pending) {
+        self.outbox = pending;
+    }
+
+    /// System events a committed transaction wrote to the outbox other than through this processor (membership
+    /// changes, journey steps).
+    pub(crate) fn outbox_committed(&mut self, emitted: &[Emitted]) {
+        self.outbox.committed(emitted);
+    }
+
+    /// After the commit: the system events decided since the last call (to hand to the log writer), and how
+    /// many came back through the log.
     pub(crate) fn take_emitted(&mut self) -> (Vec<Emitted>, usize) {
+        self.outbox.settle();
         (
             std::mem::take(&mut self.emitted),
             std::mem::take(&mut self.returned),
@@ -752,6 +744,7 @@ impl Processor {
         self.owners.clear();
         self.emitted.clear();
         self.returned = 0;
+        self.outbox.undo();
         self.has_segments.clear();
         self.touched.clear();
         self.redefined = false;

@@ -13,7 +13,8 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use seam_core::{Event, IdentifierRules, Seq};
 use tokio::sync::watch;
 
-use crate::process::{Emitted, Processor};
+use crate::outbox::{Emitted, Pending};
+use crate::process::Processor;
 use crate::{Command, Stats, StoreError};
 
 /// Most events applied in one projection transaction.
@@ -219,6 +220,7 @@ impl Projector {
         }
         let mut processor = Processor::new(rules);
         processor.decide_after(decide_after);
+        processor.outbox_holds(Pending::load(&conn)?);
         Ok(Self {
             conn,
             log,
@@ -319,11 +321,13 @@ impl Projector {
             self.evaluator.as_mut(),
             backfilling,
         )?;
+        self.processor.outbox_committed(&d.emitted);
         if let Some(ev) = &mut self.evaluator {
             ev.committed([], false);
             ev.hand_out(now, hand_out);
         }
         let b = crate::backfill::step(&mut self.conn, now, crate::backfill::PROFILES_PER_STEP)?;
+        self.processor.outbox_committed(&b.emitted);
         if let (Some(ev), true) = (&mut self.evaluator, backfilling) {
             // What a batch still out read before this step may be stale.
             ev.committed([], true);
@@ -331,6 +335,7 @@ impl Projector {
         d.emitted.extend(b.emitted);
         d.remaining += b.remaining;
         let j = crate::journeys::decide(&mut self.conn, now, 2_000, &self.delivery)?;
+        self.processor.outbox_committed(&j.emitted);
         d.emitted.extend(j.emitted);
         d.remaining += j.remaining;
         Ok(d)
@@ -414,6 +419,7 @@ impl Projector {
                 if let Some(ev) = &mut self.evaluator {
                     ev.committed(keys, redefined);
                 }
+                self.processor.outbox_committed(&decided);
                 let (mut emitted, returned) = self.processor.take_emitted();
                 emitted.extend(decided);
                 Ok(Step {
@@ -432,15 +438,24 @@ impl Projector {
 
     /// System events decided before a restart and perhaps never appended.
     fn outbox(&self) -> Result<Vec<Emitted>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT ws, body FROM outbox")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, ws, body FROM outbox ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
         let mut out = Vec::new();
         for row in rows {
-            let (ws, json) = row?;
+            let (row, ws, json) = row?;
             out.push(Emitted {
                 ws,
                 event: serde_json::from_str(&json)?,
                 json,
+                row,
             });
         }
         Ok(out)

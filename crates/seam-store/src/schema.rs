@@ -365,6 +365,22 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     ) WITHOUT ROWID;
     "#,
     ),
+    (
+        13,
+        r#"
+    -- The outbox keyed by row number: an event written is an append, one back through the log a delete by
+    -- number; the projector keeps which row holds which message id (see outbox.rs).
+    CREATE TABLE outbox_by_row (
+        id INTEGER PRIMARY KEY,
+        ws INTEGER NOT NULL,
+        message_id TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    INSERT INTO outbox_by_row (ws, message_id, body) SELECT ws, message_id, body FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_by_row RENAME TO outbox;
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.

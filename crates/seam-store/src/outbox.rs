@@ -1,0 +1,207 @@
+//! The outbox: Seam's own events (merges, membership changes, journey steps), each written to the `outbox`
+//! table in the transaction that decided it and kept there until it comes back through the log. The log writer
+//! appends them once that transaction commits; whatever a crash left unappended is appended again at the next
+//! start (see `Projector::start`).
+//!
+//! The table is keyed by row number alone, so writing an event is an append and its leaving is a delete by
+//! number. Which row holds which message id is kept in memory by [`Pending`], exactly: a row is entered as its
+//! transaction commits and leaves as its event comes back, and the changes of a transaction that rolls back
+//! are undone.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection};
+use seam_core::Event;
+
+use crate::StoreError;
+
+/// A system event decided in this transaction, to be appended to the log once it commits.
+pub(crate) struct Emitted {
+    pub ws: i64,
+    pub event: Event,
+    pub json: String,
+    /// Its row in the outbox.
+    pub row: i64,
+}
+
+impl Emitted {
+    /// Writes a decided event to the outbox (in the decision's transaction), to be appended to the log.
+    pub(crate) fn to_outbox(conn: &Connection, ws: i64, event: Event) -> Result<Self, StoreError> {
+        let json = serde_json::to_string(&event)?;
+        conn.prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![ws, event.message_id, json])?;
+        Ok(Self {
+            ws,
+            event,
+            json,
+            row: conn.last_insert_rowid(),
+        })
+    }
+}
+
+/// The outbox's rows by workspace and message id: every event decided and not yet back through the log.
+#[derive(Default)]
+pub(crate) struct Pending {
+    rows: HashMap<i64, HashMap<String, i64>>,
+    /// What the open transaction changed, undone if it rolls back.
+    journal: Vec<Change>,
+}
+
+enum Change {
+    Entered(i64, String),
+    Left(i64, String, i64),
+}
+
+impl Pending {
+    /// The rows the outbox holds now.
+    pub(crate) fn load(conn: &Connection) -> Result<Self, StoreError> {
+        let mut pending = Self::default();
+        let mut stmt = conn.prepare("SELECT id, ws, message_id FROM outbox")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (row, ws, message_id) = row?;
+            pending.rows.entry(ws).or_default().insert(message_id, row);
+        }
+        Ok(pending)
+    }
+
+    pub(crate) fn holds(&self, ws: i64, message_id: &str) -> bool {
+        self.rows
+            .get(&ws)
+            .is_some_and(|m| m.contains_key(message_id))
+    }
+
+    /// Events written by a transaction that has committed.
+    pub(crate) fn committed(&mut self, emitted: &[Emitted]) {
+        for e in emitted {
+            self.rows
+                .entry(e.ws)
+                .or_default()
+                .insert(e.event.message_id.clone(), e.row);
+        }
+    }
+
+    /// An event written by the open transaction.
+    pub(crate) fn written(&mut self, e: &Emitted) {
+        self.committed(std::slice::from_ref(e));
+        self.journal
+            .push(Change::Entered(e.ws, e.event.message_id.clone()));
+    }
+
+    /// An event back through the log, in the open transaction: its row leaves the outbox. Whether it was there
+    /// (decided by these projections; otherwise it was decided before they existed and is replayed).
+    pub(crate) fn returned(
+        &mut self,
+        conn: &Connection,
+        ws: i64,
+        message_id: &str,
+    ) -> Result<bool, StoreError> {
+        let Some((message_id, row)) = self
+            .rows
+            .get_mut(&ws)
+            .and_then(|m| m.remove_entry(message_id))
+        else {
+            return Ok(false);
+        };
+        conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+            .execute([row])?;
+        self.journal.push(Change::Left(ws, message_id, row));
+        Ok(true)
+    }
+
+    /// The open transaction committed.
+    pub(crate) fn settle(&mut self) {
+        self.journal.clear();
+    }
+
+    /// The open transaction rolled back: its changes are undone, newest first.
+    pub(crate) fn undo(&mut self) {
+        while let Some(change) = self.journal.pop() {
+            match change {
+                Change::Entered(ws, id) => {
+                    if let Some(m) = self.rows.get_mut(&ws) {
+                        m.remove(&id);
+                    }
+                }
+                Change::Left(ws, id, row) => {
+                    self.rows.entry(ws).or_default().insert(id, row);
+                }
+            }
+        }
+    }
+
+    /// Events decided and not yet back.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.rows.values().map(HashMap::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+    use seam_core::{Event, EventType};
+
+    use super::{Emitted, Pending};
+    use crate::schema::{migrate, PROJECTION_MIGRATIONS};
+
+    fn event(id: &str) -> Event {
+        Event::system(
+            id.into(),
+            EventType::SegmentEntered,
+            1_000,
+            Default::default(),
+        )
+    }
+
+    fn rows(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT message_id FROM outbox ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// A rolled-back transaction leaves the outbox's rows and the map of them as they were: an event it took
+    /// back is found again, one it wrote is not.
+    #[test]
+    fn the_map_of_rows_follows_commits_and_rollbacks() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
+        let a = Emitted::to_outbox(&conn, 1, event("a")).unwrap();
+        let mut pending = Pending::default();
+        pending.committed(&[a]);
+        assert_eq!(Pending::load(&conn).unwrap().len(), 1);
+
+        let tx = conn.transaction().unwrap();
+        assert!(pending.returned(&tx, 1, "a").unwrap());
+        let b = Emitted::to_outbox(&tx, 1, event("b")).unwrap();
+        pending.written(&b);
+        assert!(!pending.holds(1, "a") && pending.holds(1, "b"));
+        drop(tx);
+        pending.undo();
+        assert!(pending.holds(1, "a") && !pending.holds(1, "b"));
+        assert_eq!(rows(&conn), ["a"]);
+
+        let tx = conn.transaction().unwrap();
+        assert!(pending.returned(&tx, 1, "a").unwrap());
+        assert!(!pending.returned(&tx, 1, "a").unwrap(), "taken back once");
+        assert!(
+            !pending.returned(&tx, 2, "a").unwrap(),
+            "another workspace's"
+        );
+        tx.commit().unwrap();
+        pending.settle();
+        pending.undo();
+        assert_eq!(pending.len(), 0);
+        assert!(rows(&conn).is_empty());
+    }
+}
