@@ -103,7 +103,7 @@ pub struct Stats {
     /// Seam's own events decided by the projector and not yet seen back in the log.
     pub pending_system: AtomicI64,
     /// Decision work still queued: profiles waiting for their segments to be evaluated (a backfill shows
-    /// here), events for journeys, due timers; each kind counted up to 100,000.
+    /// here), events for journeys, due timers; each kind counted up to 10,000.
     pub pending_evaluations: AtomicI64,
     /// Profiles whose segments were decided from what the evaluator thread found on a snapshot.
     pub evaluated_apart: AtomicU64,
