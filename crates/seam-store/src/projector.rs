@@ -567,7 +567,7 @@ impl Projector {
 #[cfg(test)]
 mod tests {
     use rusqlite::{params, Connection};
-    use seam_core::{Event, EventType, ProfileId};
+    use seam_core::{Event, EventType, Identifier, IdentifierType, ProfileId};
     use seam_journeys::run::{Run, Status};
     use serde_json::json;
 
@@ -643,5 +643,75 @@ mod tests {
             )
             .unwrap();
         assert_eq!(entered, 1);
+    }
+
+    /// The timeline is written when a transaction's events are all applied, in key order; a merge within the
+    /// transaction still takes the loser's entries of that transaction to the survivor.
+    #[test]
+    fn a_merge_takes_the_timeline_entries_of_its_own_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Connection::open(dir.path().join("log.db")).unwrap();
+        migrate(&mut log, LOG_MIGRATIONS).unwrap();
+        let mut conn = Connection::open(dir.path().join("projections.db")).unwrap();
+        migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
+        let reader = Connection::open(dir.path().join("log.db")).unwrap();
+        let mut p = Projector::open(conn, reader, Default::default(), Default::default()).unwrap();
+
+        let id =
+            |kind: &'static str, value: &str| Identifier::new(IdentifierType::builtin(kind), value);
+        let events = [
+            (
+                EventType::Track,
+                vec![id(IdentifierType::ANONYMOUS_ID, "a1")],
+            ),
+            (EventType::Track, vec![id(IdentifierType::USER_ID, "u1")]),
+            (
+                EventType::Identify,
+                vec![
+                    id(IdentifierType::ANONYMOUS_ID, "a1"),
+                    id(IdentifierType::USER_ID, "u1"),
+                ],
+            ),
+        ];
+        for (seq, (kind, identifiers)) in (1i64..).zip(events) {
+            let mut e = Event::system(format!("m{seq}"), kind, 1_000 * seq, Default::default());
+            e.event = (kind == EventType::Track).then(|| "Viewed".to_owned());
+            e.identifiers = identifiers;
+            e.received_at = e.timestamp;
+            log.execute(
+                "INSERT INTO events (seq, ws, message_id, type, name, ts, received_at, body)
+                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6)",
+                params![
+                    seq,
+                    e.message_id,
+                    kind.as_str(),
+                    e.event,
+                    e.timestamp,
+                    serde_json::to_string(&e).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+
+        p.step(3, &seam_core::clock::ManualClock::new(10_000))
+            .unwrap();
+        let live: Vec<i64> = p
+            .conn
+            .prepare("SELECT profile FROM profiles WHERE ws = 1 AND merged_into IS NULL")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(live.len(), 1, "the two visitors are one person");
+        let timeline: Vec<(i64, i64)> = p
+            .conn
+            .prepare("SELECT profile, seq FROM timeline ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(timeline, [(live[0], 1), (live[0], 2), (live[0], 3)]);
     }
 }
