@@ -731,7 +731,10 @@ impl Processor {
         self.write_timeline(conn)?;
         let mut stmt =
             conn.prepare_cached("UPDATE profiles SET state = ?3 WHERE ws = ?1 AND profile = ?2")?;
-        for k in self.dirty.drain() {
+        // In key order, like the timeline.
+        let mut dirty: Vec<(i64, i64)> = self.dirty.drain().collect();
+        dirty.sort_unstable();
+        for k in dirty {
             let state = self.states.get(&k).expect("a dirty state is cached");
             stmt.execute(params![k.0, k.1, serde_json::to_string(state)?])?;
         }
