@@ -71,6 +71,7 @@ impl Pending {
         Ok(pending)
     }
 
+    /// Whether the outbox holds the event (decided and not yet back).
     pub(crate) fn holds(&self, ws: i64, message_id: &str) -> bool {
         self.rows
             .get(&ws)
