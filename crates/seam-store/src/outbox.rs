@@ -37,6 +37,29 @@ impl Emitted {
             row: conn.last_insert_rowid(),
         })
     }
+
+    /// Every event the outbox holds, in the order written.
+    pub(crate) fn all(conn: &Connection) -> Result<Vec<Self>, StoreError> {
+        let mut stmt = conn.prepare("SELECT id, ws, body FROM outbox ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (row, ws, json) = row?;
+            out.push(Self {
+                ws,
+                event: serde_json::from_str(&json)?,
+                json,
+                row,
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// The outbox's rows by workspace and message id: every event decided and not yet back through the log.
@@ -56,18 +79,7 @@ impl Pending {
     /// The rows the outbox holds now.
     pub(crate) fn load(conn: &Connection) -> Result<Self, StoreError> {
         let mut pending = Self::default();
-        let mut stmt = conn.prepare("SELECT id, ws, message_id FROM outbox")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (row, ws, message_id) = row?;
-            pending.rows.entry(ws).or_default().insert(message_id, row);
-        }
+        pending.committed(&Emitted::all(conn)?);
         Ok(pending)
     }
 

@@ -436,31 +436,6 @@ impl Projector {
         }
     }
 
-    /// System events decided before a restart and perhaps never appended.
-    fn outbox(&self) -> Result<Vec<Emitted>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, ws, body FROM outbox ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (row, ws, json) = row?;
-            out.push(Emitted {
-                ws,
-                event: serde_json::from_str(&json)?,
-                json,
-                row,
-            });
-        }
-        Ok(out)
-    }
-
     pub(crate) fn start(
         mut self,
         to_writer: SyncSender<Command>,
@@ -471,7 +446,7 @@ impl Projector {
     ) -> Result<JoinHandle<()>, StoreError> {
         stats.applied_seq.store(self.applied_seq, Ordering::SeqCst);
         applied_tx.send_replace(self.applied_seq);
-        let pending = self.outbox()?;
+        let pending = Emitted::all(&self.conn)?;
         stats
             .pending_system
             .store(pending.len() as i64, Ordering::SeqCst);
@@ -574,17 +549,23 @@ mod tests {
     use super::Projector;
     use crate::schema::{migrate, LOG_MIGRATIONS, PROJECTION_MIGRATIONS};
 
+    /// A projector over a new log (returned, for writing events into) and new projections in `dir`.
+    fn projector(dir: &std::path::Path) -> (Connection, Projector) {
+        let mut log = Connection::open(dir.join("log.db")).unwrap();
+        migrate(&mut log, LOG_MIGRATIONS).unwrap();
+        let mut conn = Connection::open(dir.join("projections.db")).unwrap();
+        migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
+        let reader = Connection::open(dir.join("log.db")).unwrap();
+        let p = Projector::open(conn, reader, Default::default(), Default::default()).unwrap();
+        (log, p)
+    }
+
     /// A journey step after `decide_after` that the outbox does not hold is read whole and applied, though a
     /// step read back is otherwise parsed only for its person.
     #[test]
     fn a_live_step_missing_from_the_outbox_is_applied_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = Connection::open(dir.path().join("log.db")).unwrap();
-        migrate(&mut log, LOG_MIGRATIONS).unwrap();
-        let mut conn = Connection::open(dir.path().join("projections.db")).unwrap();
-        migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
-        let reader = Connection::open(dir.path().join("log.db")).unwrap();
-        let mut p = Projector::open(conn, reader, Default::default(), Default::default()).unwrap();
+        let (log, mut p) = projector(dir.path());
         assert!(
             p.processor.decides(1),
             "an empty log: everything after it is live"
@@ -650,12 +631,7 @@ mod tests {
     #[test]
     fn a_merge_takes_the_timeline_entries_of_its_own_transaction() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = Connection::open(dir.path().join("log.db")).unwrap();
-        migrate(&mut log, LOG_MIGRATIONS).unwrap();
-        let mut conn = Connection::open(dir.path().join("projections.db")).unwrap();
-        migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
-        let reader = Connection::open(dir.path().join("log.db")).unwrap();
-        let mut p = Projector::open(conn, reader, Default::default(), Default::default()).unwrap();
+        let (log, mut p) = projector(dir.path());
 
         let id =
             |kind: &'static str, value: &str| Identifier::new(IdentifierType::builtin(kind), value);
