@@ -71,7 +71,8 @@ impl ApiError {
                 Self::new(503, "unavailable", "the server is shutting down; retry").retry_after(5)
             }
             seam_store::StoreError::Unavailable => {
-                // The log writer logged the cause; nothing of the request was stored.
+                // The log writer logged the cause. The request's events may have reached the log unacknowledged
+                // (a failed flush); a retry with the same messageIds is stored once.
                 Self::new(
                     503,
                     "unavailable",

@@ -120,7 +120,7 @@ pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
     st.commit.render(
         &mut out,
         "seam_group_commit_seconds",
-        "Time the log writer took for one group commit, its fsync included.",
+        "Time from the start of one group commit of the log until the WAL holding it was flushed to disk.",
     );
     let log_seq = st.log_seq.load(Ordering::Relaxed);
     let applied = st.applied_seq.load(Ordering::Relaxed);

@@ -3,7 +3,7 @@
 //! A data folder holds two databases, each with exactly one writer thread:
 //! - `seam.db`, the **log** (and workspace configuration), written by the [`writer`]: it gathers every batch
 //!   waiting into one transaction (group commit), skips events whose `(workspace, messageId)` it already has,
-//!   and acknowledges the batches after COMMIT with `synchronous=FULL`.
+//!   and acknowledges the batches once the WAL holding their commit is flushed to disk.
 //! - `projections.db`, written by the [`projector`]: it follows the log in order and applies each event to the
 //!   identity graph, the profiles and the timelines ([`process`]), storing the log position applied in the same
 //!   transaction. It may run behind the log under load; [`Stats`] shows by how much.
@@ -126,7 +126,7 @@ pub struct Stats {
     pub projections_wal_held: AtomicU64,
     /// How long each batch waited for the group commit that holds it to start.
     pub commit_wait: seam_core::histogram::Histogram,
-    /// How long each group commit took, its fsync included.
+    /// How long each group commit took, from its start until the WAL holding it was flushed to disk.
     pub commit: seam_core::histogram::Histogram,
 }
 
@@ -282,7 +282,9 @@ impl Store {
         let wakeup = Arc::new(projector::Wakeup::default());
         let (tx, rx) = sync_channel(opts.queue_capacity);
         let delivery = opts.delivery.clone();
-        let writer = writer::Writer::start(log, rx, opts, stats.clone(), wakeup.clone())?;
+        let wal = writer::WalFile::open(data_dir.join(format!("{DB_FILE}-wal")))?;
+        let writer =
+            writer::Writer::start(log, Box::new(wal), rx, opts, stats.clone(), wakeup.clone())?;
         wakeup.log_advanced(stats.log_seq.load(Ordering::SeqCst));
         let (applied_tx, applied_rx) = watch::channel(0);
         let projections = open_connection(&data_dir.join(PROJECTIONS_FILE), false)?;

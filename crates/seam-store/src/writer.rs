@@ -1,13 +1,17 @@
 //! The log writer: one thread, the only writer of `seam.db`. Every batch waiting when it wakes goes into one
-//! transaction (group commit); the batches are acknowledged after COMMIT, which with `synchronous=FULL` in WAL
-//! mode means the events are on disk.
+//! transaction (group commit). COMMIT writes the transaction to the WAL without waiting for the disk
+//! (`synchronous=NORMAL` on this connection); a second thread, the [`Syncer`], flushes the WAL file and only
+//! then acknowledges the batches and lets the projector read the events. So the writer builds the next
+//! transaction while the disk takes the last one, and one flush covers every commit made while the one before
+//! it ran.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+use seam_core::clock::Stopwatch;
 use seam_core::Seq;
 use tokio::sync::oneshot;
 
@@ -23,12 +27,18 @@ pub(crate) struct Writer {
     rx: Receiver<Command>,
     opts: StoreOptions,
     stats: Arc<Stats>,
-    wakeup: Arc<Wakeup>,
+    /// The last log position committed (not necessarily on disk yet).
+    committed_seq: Seq,
+    to_syncer: Option<Sender<Committed>>,
+    /// Set by the syncer when the WAL could not be flushed: nothing more is acknowledged.
+    failed: Arc<AtomicBool>,
 }
 
 impl Writer {
+    /// Starts the writer and its syncer on the log's connection; `wal` flushes the log's WAL file.
     pub(crate) fn start(
         mut conn: Connection,
+        mut wal: Box<dyn Flush>,
         rx: Receiver<Command>,
         opts: StoreOptions,
         stats: Arc<Stats>,
@@ -36,21 +46,45 @@ impl Writer {
     ) -> Result<JoinHandle<()>, StoreError> {
         // Checkpoints run from another connection so that the writer never copies the WAL itself.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // COMMIT does not wait for the disk: the syncer flushes the WAL before anything is acknowledged.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         let max_seq: Seq =
             conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        // What a process that stopped left in the WAL may not be on the disk yet: it is, before anyone reads it.
+        wal.flush()?;
         stats.log_seq.store(max_seq, Ordering::SeqCst);
         let ids = MessageIds::load(&mut conn, dedup::GENERATION)?;
+        let failed = Arc::new(AtomicBool::new(false));
+        let (to_syncer, syncer_rx) = channel();
+        let syncer = Syncer {
+            wal,
+            rx: syncer_rx,
+            stats: stats.clone(),
+            wakeup,
+            failed: failed.clone(),
+        };
+        let syncer = std::thread::Builder::new()
+            .name("seam-log-sync".into())
+            .spawn(move || syncer.run())
+            .map_err(StoreError::Io)?;
         let mut w = Writer {
             conn,
             ids,
             rx,
             opts,
             stats,
-            wakeup,
+            committed_seq: max_seq,
+            to_syncer: Some(to_syncer),
+            failed,
         };
         std::thread::Builder::new()
             .name("seam-writer".into())
-            .spawn(move || w.run())
+            .spawn(move || {
+                w.run();
+                // The syncer ends once it has flushed and acknowledged every commit handed to it.
+                w.to_syncer.take();
+                let _ = syncer.join();
+            })
             .map_err(StoreError::Io)
     }
 
@@ -71,11 +105,19 @@ impl Writer {
         }
     }
 
-    /// One transaction: append everything gathered, commit, acknowledge.
+    /// One transaction: append everything gathered, commit, and hand the batches to the syncer.
     fn round(&mut self, commands: Vec<Command>) {
-        let took = seam_core::clock::Stopwatch::start();
+        let took = Stopwatch::start();
         let mut replies: Vec<(Reply, AppendOutcome)> = Vec::new();
-        let result = (|| -> Result<(Seq, dedup::Written), StoreError> {
+        if self.failed.load(Ordering::SeqCst) {
+            for cmd in commands {
+                if let Command::Append { reply, .. } = cmd {
+                    let _ = reply.send(Err(StoreError::Unavailable));
+                }
+            }
+            return;
+        }
+        let result = (|| -> Result<(Option<Seq>, dedup::Written), StoreError> {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -114,24 +156,24 @@ impl Writer {
             }
             let written = self.ids.write_slice(&tx)?;
             tx.commit()?;
-            Ok((last.unwrap_or(0), written))
+            Ok((last, written))
         })();
         match result {
             Ok((last, written)) => {
-                let s = &self.stats;
-                s.commits.fetch_add(1, Ordering::Relaxed);
-                s.commit.observe(took.elapsed());
-                if last > 0 {
-                    s.log_seq.fetch_max(last, Ordering::SeqCst);
-                    self.wakeup.log_advanced(last);
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                if let Some(last) = last {
+                    self.committed_seq = self.committed_seq.max(last);
                 }
-                self.ids
-                    .committed(written, s.log_seq.load(Ordering::SeqCst));
-                for (reply, outcome) in replies {
-                    s.stored.fetch_add(outcome.stored as u64, Ordering::Relaxed);
-                    s.deduplicated
-                        .fetch_add(outcome.duplicates as u64, Ordering::Relaxed);
-                    let _ = reply.send(Ok(outcome));
+                self.ids.committed(written, self.committed_seq);
+                // A batch of duplicates is acknowledged after the flush too: its first copies may be in a
+                // commit the disk has not taken yet.
+                let committed = Committed {
+                    seq: self.committed_seq,
+                    replies,
+                    took,
+                };
+                if let Some(to_syncer) = &self.to_syncer {
+                    let _ = to_syncer.send(committed);
                 }
             }
             Err(e) => {
@@ -140,6 +182,111 @@ impl Writer {
                 for (reply, _) in replies {
                     let _ = reply.send(Err(StoreError::Unavailable));
                 }
+            }
+        }
+    }
+}
+
+/// A group commit in the WAL, waiting for the WAL to reach the disk.
+struct Committed {
+    /// The log ends here once it is on disk.
+    seq: Seq,
+    replies: Vec<(Reply, AppendOutcome)>,
+    took: Stopwatch,
+}
+
+/// Makes what was written to a file durable.
+pub(crate) trait Flush: Send {
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
+/// The log's WAL file, flushed with `fdatasync` through a descriptor of its own.
+pub(crate) struct WalFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl WalFile {
+    /// Opens the WAL of a database whose connection is open in WAL mode (SQLite has created the file).
+    pub(crate) fn open(path: std::path::PathBuf) -> std::io::Result<Self> {
+        let file = std::fs::File::open(&path)?;
+        Ok(WalFile { path, file })
+    }
+}
+
+impl Flush for WalFile {
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        // SQLite deletes a WAL only after copying all of it into the database file and flushing that file, so
+        // the file flushed above held nothing that is not on disk; a new one is the one to flush from now on.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            match std::fs::metadata(&self.path) {
+                Ok(m) if m.ino() != self.file.metadata()?.ino() => {
+                    self.file = std::fs::File::open(&self.path)?;
+                    self.file.sync_data()?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Flushes the log's WAL after group commits and only then acknowledges their batches and shows their events
+/// to the projector (so nothing it applies can be lost from the log). Every commit made while one flush runs
+/// is covered by the next.
+struct Syncer {
+    wal: Box<dyn Flush>,
+    rx: Receiver<Committed>,
+    stats: Arc<Stats>,
+    wakeup: Arc<Wakeup>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Syncer {
+    fn run(mut self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut done = vec![first];
+            while let Ok(c) = self.rx.try_recv() {
+                done.push(c);
+            }
+            if self.failed.load(Ordering::SeqCst) {
+                Self::refuse(done);
+                continue;
+            }
+            if let Err(e) = self.wal.flush() {
+                // After a failed flush the kernel may have dropped the pages it could not write, so a later
+                // flush that succeeds proves nothing: stop acknowledging until a restart reads the log again.
+                self.failed.store(true, Ordering::SeqCst);
+                tracing::error!(error = %e, "the log's WAL could not be flushed to disk; no batch is acknowledged until Seam is restarted");
+                Self::refuse(done);
+                continue;
+            }
+            let s = &self.stats;
+            let seq = done.iter().map(|c| c.seq).max().unwrap_or(0);
+            if s.log_seq.fetch_max(seq, Ordering::SeqCst) < seq {
+                self.wakeup.log_advanced(seq);
+            }
+            for c in done {
+                s.commit.observe(c.took.elapsed());
+                for (reply, outcome) in c.replies {
+                    s.stored.fetch_add(outcome.stored as u64, Ordering::Relaxed);
+                    s.deduplicated
+                        .fetch_add(outcome.duplicates as u64, Ordering::Relaxed);
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+        }
+    }
+
+    fn refuse(done: Vec<Committed>) {
+        for c in done {
+            for (reply, _) in c.replies {
+                let _ = reply.send(Err(StoreError::Unavailable));
             }
         }
     }
@@ -366,7 +513,7 @@ pub(crate) type HeldIn = fn(&Stats) -> &AtomicU64;
 /// The threads, one per database, that move each WAL into its file every second without blocking the writer:
 /// a slow copy of one file (the projections' pages are scattered) never delays the other's.
 pub(crate) struct Checkpointer {
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     handles: Vec<JoinHandle<()>>,
 }
 
@@ -377,7 +524,7 @@ impl Checkpointer {
         paths: Vec<(std::path::PathBuf, WalLimits, HeldIn)>,
         alive: std::sync::Weak<Stats>,
     ) -> std::io::Result<Self> {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::with_capacity(paths.len());
         for (path, limits, held) in paths {
             let stopped = stop.clone();
@@ -643,5 +790,140 @@ mod tests {
         super::write_back_in_pieces(&dir.path().join("empty")).unwrap_err();
         std::fs::write(dir.path().join("empty"), b"").unwrap();
         super::write_back_in_pieces(&dir.path().join("empty")).unwrap();
+    }
+
+    /// A flush that says when it is asked for and then does what the test sends it.
+    struct Gate {
+        asked: std::sync::mpsc::Sender<()>,
+        go: std::sync::mpsc::Receiver<std::io::Result<()>>,
+    }
+
+    impl super::Flush for Gate {
+        fn flush(&mut self) -> std::io::Result<()> {
+            let _ = self.asked.send(());
+            self.go.recv().unwrap_or(Ok(()))
+        }
+    }
+
+    fn batch(
+        to_writer: &std::sync::mpsc::SyncSender<crate::Command>,
+        ids: &[&str],
+    ) -> tokio::sync::oneshot::Receiver<Result<crate::AppendOutcome, crate::StoreError>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let events = ids
+            .iter()
+            .map(|id| crate::LogRow {
+                message_id: (*id).to_string(),
+                kind: "track",
+                name: Some("Product Viewed".into()),
+                timestamp: 1,
+                received_at: 1,
+                json: "{}".into(),
+            })
+            .collect();
+        to_writer
+            .send(crate::Command::Append {
+                ws: 1,
+                events,
+                reply,
+                queued: seam_core::clock::Stopwatch::start(),
+            })
+            .unwrap();
+        answer
+    }
+
+    #[test]
+    fn a_batch_is_acknowledged_and_shown_to_the_projector_only_once_the_wal_is_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::prepare(dir.path()).unwrap();
+        let log = dir.path().join(crate::DB_FILE);
+        let (asked_tx, asked) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let (to_writer, rx) = std::sync::mpsc::sync_channel(16);
+        let stats = std::sync::Arc::new(crate::Stats::default());
+        let wal = Box::new(Gate {
+            asked: asked_tx,
+            go: go_rx,
+        });
+        go.send(Ok(())).unwrap(); // the flush at start
+        let writer = super::Writer::start(
+            crate::open_connection(&log, false).unwrap(),
+            wal,
+            rx,
+            crate::StoreOptions::default(),
+            stats.clone(),
+            Default::default(),
+        )
+        .unwrap();
+        asked.recv().unwrap();
+        let reader = crate::open_connection(&log, true).unwrap();
+        let count = || -> i64 {
+            reader
+                .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .unwrap()
+        };
+
+        // Committed, but not acknowledged nor shown until the flush returns.
+        let mut first = batch(&to_writer, &["a", "b"]);
+        asked.recv().unwrap();
+        assert_eq!(count(), 2);
+        assert!(first.try_recv().is_err());
+        assert_eq!(stats.log_seq.load(Ordering::SeqCst), 0);
+        go.send(Ok(())).unwrap();
+        let outcome = first.blocking_recv().unwrap().unwrap();
+        assert_eq!(outcome.stored, 2);
+        assert_eq!(stats.log_seq.load(Ordering::SeqCst), 2);
+
+        // A duplicate waits for a flush too: its first copy could be in a commit not yet on disk.
+        let mut again = batch(&to_writer, &["b"]);
+        asked.recv().unwrap();
+        assert!(again.try_recv().is_err());
+        go.send(Ok(())).unwrap();
+        assert_eq!(again.blocking_recv().unwrap().unwrap().duplicates, 1);
+
+        // A failed flush: the batch is refused, the projector is not shown its events, and nothing after it is
+        // acknowledged.
+        let failed = batch(&to_writer, &["c"]);
+        asked.recv().unwrap();
+        go.send(Err(std::io::Error::other("the disk is gone")))
+            .unwrap();
+        assert!(matches!(
+            failed.blocking_recv().unwrap(),
+            Err(crate::StoreError::Unavailable)
+        ));
+        let later = batch(&to_writer, &["d"]);
+        assert!(matches!(
+            later.blocking_recv().unwrap(),
+            Err(crate::StoreError::Unavailable)
+        ));
+        assert_eq!(stats.log_seq.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            count(),
+            3,
+            "the refused batch after the failure was not written"
+        );
+        drop(to_writer);
+        writer.join().unwrap();
+        assert!(asked.try_recv().is_err(), "no flush after the failure");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_wal_file_deleted_and_made_again_is_the_one_flushed_from_then_on() {
+        use super::Flush;
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db-wal");
+        std::fs::write(&path, b"first").unwrap();
+        let mut wal = super::WalFile::open(path.clone()).unwrap();
+        wal.flush().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        wal.flush().unwrap(); // no file at the path for now: the old one is kept
+        std::fs::write(&path, b"second").unwrap();
+        wal.flush().unwrap();
+        assert_eq!(
+            wal.file.metadata().unwrap().ino(),
+            std::fs::metadata(&path).unwrap().ino()
+        );
     }
 }
