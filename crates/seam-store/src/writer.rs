@@ -209,7 +209,9 @@ pub(crate) struct WalFile {
 impl WalFile {
     /// Opens the WAL of a database whose connection is open in WAL mode (SQLite has created the file).
     pub(crate) fn open(path: std::path::PathBuf) -> std::io::Result<Self> {
-        let file = std::fs::File::open(&path)?;
+        let file = std::fs::File::open(&path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
+        })?;
         Ok(WalFile { path, file })
     }
 }
