@@ -560,6 +560,72 @@ mod tests {
         (log, p)
     }
 
+    /// Opens the projector again on the files of [`projector`], as a restart does.
+    fn reopened(dir: &std::path::Path) -> Projector {
+        let conn = Connection::open(dir.join("projections.db")).unwrap();
+        let reader = Connection::open(dir.join("log.db")).unwrap();
+        Projector::open(conn, reader, Default::default(), Default::default()).unwrap()
+    }
+
+    /// Appends an event to the test log at `seq`.
+    fn append(log: &Connection, seq: i64, e: &Event) {
+        log.execute(
+            "INSERT INTO events (seq, ws, message_id, type, name, ts, received_at, body)
+             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6)",
+            params![
+                seq,
+                e.message_id,
+                e.kind.as_str(),
+                e.event,
+                e.timestamp,
+                serde_json::to_string(e).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+
+    /// Two visitors, the second logged in, then an identify that makes them one person (a merge, decided here).
+    fn two_visitors_then_one_person(log: &Connection) {
+        let id =
+            |kind: &'static str, value: &str| Identifier::new(IdentifierType::builtin(kind), value);
+        let events = [
+            (
+                EventType::Track,
+                vec![id(IdentifierType::ANONYMOUS_ID, "a1")],
+            ),
+            (EventType::Track, vec![id(IdentifierType::USER_ID, "u1")]),
+            (
+                EventType::Identify,
+                vec![
+                    id(IdentifierType::ANONYMOUS_ID, "a1"),
+                    id(IdentifierType::USER_ID, "u1"),
+                ],
+            ),
+        ];
+        for (seq, (kind, identifiers)) in (1i64..).zip(events) {
+            let mut e = Event::system(format!("m{seq}"), kind, 1_000 * seq, Default::default());
+            e.event = (kind == EventType::Track).then(|| "Viewed".to_owned());
+            e.identifiers = identifiers;
+            e.received_at = e.timestamp;
+            append(log, seq, &e);
+        }
+    }
+
+    /// Every row of the person-facing projections, to compare two moments.
+    fn people(conn: &Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        for q in [
+            "SELECT profile || ':' || COALESCE(merged_into, '') || ':' || COALESCE(state, '') FROM profiles ORDER BY profile",
+            "SELECT type || ':' || value || ':' || profile FROM identities ORDER BY type, value",
+            "SELECT profile || ':' || seq FROM timeline ORDER BY seq",
+        ] {
+            let mut stmt = conn.prepare(q).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+            out.extend(rows.map(Result::unwrap));
+        }
+        out
+    }
+
     /// A journey step after `decide_after` that the outbox does not hold is read whole and applied, though a
     /// step read back is otherwise parsed only for its person.
     #[test]
@@ -632,42 +698,7 @@ mod tests {
     fn a_merge_takes_the_timeline_entries_of_its_own_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let (log, mut p) = projector(dir.path());
-
-        let id =
-            |kind: &'static str, value: &str| Identifier::new(IdentifierType::builtin(kind), value);
-        let events = [
-            (
-                EventType::Track,
-                vec![id(IdentifierType::ANONYMOUS_ID, "a1")],
-            ),
-            (EventType::Track, vec![id(IdentifierType::USER_ID, "u1")]),
-            (
-                EventType::Identify,
-                vec![
-                    id(IdentifierType::ANONYMOUS_ID, "a1"),
-                    id(IdentifierType::USER_ID, "u1"),
-                ],
-            ),
-        ];
-        for (seq, (kind, identifiers)) in (1i64..).zip(events) {
-            let mut e = Event::system(format!("m{seq}"), kind, 1_000 * seq, Default::default());
-            e.event = (kind == EventType::Track).then(|| "Viewed".to_owned());
-            e.identifiers = identifiers;
-            e.received_at = e.timestamp;
-            log.execute(
-                "INSERT INTO events (seq, ws, message_id, type, name, ts, received_at, body)
-                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6)",
-                params![
-                    seq,
-                    e.message_id,
-                    kind.as_str(),
-                    e.event,
-                    e.timestamp,
-                    serde_json::to_string(&e).unwrap()
-                ],
-            )
-            .unwrap();
-        }
+        two_visitors_then_one_person(&log);
 
         p.step(3, &seam_core::clock::ManualClock::new(10_000))
             .unwrap();
@@ -689,5 +720,71 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(timeline, [(live[0], 1), (live[0], 2), (live[0], 3)]);
+    }
+
+    /// The process dies after the projector committed a decision and before the log writer appended it: the
+    /// decision is in the outbox, sent again when the projector starts, and when it comes back through the log
+    /// it is confirmed, not applied a second time — the projections end as they do when nothing died.
+    #[test]
+    fn a_decision_lost_between_its_commit_and_the_log_is_sent_again_and_applied_once() {
+        let clock = std::sync::Arc::new(seam_core::clock::ManualClock::new(10_000));
+        let run = |dies: bool| -> Vec<String> {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, mut p) = projector(dir.path());
+            two_visitors_then_one_person(&log);
+            let step = p.step(3, clock.as_ref()).unwrap();
+            assert!(
+                step.emitted
+                    .iter()
+                    .any(|e| e.event.kind == EventType::Merge),
+                "the identify merged two profiles"
+            );
+            let mut events = step.emitted;
+            if dies {
+                let decided: Vec<String> =
+                    events.iter().map(|e| e.event.message_id.clone()).collect();
+                drop(p); // nothing decided reached the log
+                let (to_writer, from_projector) = std::sync::mpsc::sync_channel(4);
+                let wakeup = std::sync::Arc::new(super::Wakeup::default());
+                let (applied_tx, _applied) = tokio::sync::watch::channel(0);
+                let thread = reopened(dir.path())
+                    .start(
+                        to_writer,
+                        wakeup.clone(),
+                        Default::default(),
+                        applied_tx,
+                        clock.clone(),
+                    )
+                    .unwrap();
+                let sent = from_projector.recv_timeout(std::time::Duration::from_secs(30));
+                let crate::Command::System { events: sent } = sent.expect("the outbox sent again")
+                else {
+                    panic!("the projector sends only its own events");
+                };
+                wakeup.stop();
+                thread.join().unwrap();
+                let ids: Vec<String> = sent.iter().map(|e| e.event.message_id.clone()).collect();
+                assert_eq!(
+                    ids, decided,
+                    "sent again: the same events with the same ids"
+                );
+                events = sent;
+                p = reopened(dir.path());
+            }
+            // The log writer appends them and the projector reads them back.
+            for (seq, e) in (4i64..).zip(&events) {
+                append(&log, seq, &e.event);
+            }
+            let step = p.step(3 + events.len() as i64, clock.as_ref()).unwrap();
+            assert_eq!(step.returned, events.len(), "each confirmed");
+            assert!(step.emitted.is_empty(), "nothing decided again");
+            let left: i64 = p
+                .conn
+                .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(left, 0);
+            people(&p.conn)
+        };
+        assert_eq!(run(true), run(false));
     }
 }
