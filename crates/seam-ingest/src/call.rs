@@ -1,10 +1,19 @@
-//! Segment-spec calls validated field by field into normalised [`Event`]s.
+//! Segment-spec calls validated field by field into normalised events, written in the form the log stores.
+//!
+//! An event is read from its body without building it as a tree: only the fields Seam looks into (ids,
+//! times, names, identify traits, a few parts of `context`) are parsed, and the stored JSON is written
+//! directly, with `properties` and the rest of `context` copied over as they came (`crate::json`). What it
+//! stores parses to the same [`Event`] a field-by-field reading of the parsed body gives (property test
+//! against `call::reference`).
 
 use phonenumber::country::Id as Region;
 use seam_core::clock::parse_rfc3339;
 use seam_core::{Event, EventType, Identifier, IdentifierRules, IdentifierType, Millis};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::body::Body;
+use crate::json::{self, is_null, Members};
 use crate::normalize::{is_junk_identifier, EmailAddress, PhoneE164};
 
 /// The endpoint a body arrived on.
@@ -80,12 +89,25 @@ pub struct IngestOptions<'a> {
     pub rules: &'a IdentifierRules,
 }
 
-/// An event that passed validation, with its stored JSON form.
+/// An event that passed validation: its stored JSON form and the columns the log keeps beside it.
 #[derive(Debug, Clone)]
 pub struct Accepted {
     pub index: usize,
-    pub event: Event,
+    pub message_id: String,
+    pub kind: EventType,
+    /// The track event's name, or the page/screen name.
+    pub name: Option<String>,
+    pub timestamp: Millis,
+    pub received_at: Millis,
+    /// The normalised [`Event`] as JSON.
     pub json: String,
+}
+
+impl Accepted {
+    /// The normalised event, read back from its JSON.
+    pub fn event(&self) -> Event {
+        serde_json::from_str(&self.json).expect("an accepted event's JSON is an Event")
+    }
 }
 
 /// One rejected event (or the whole body when `index` is `None`), with the field and the reason.
@@ -120,43 +142,34 @@ pub struct Parsed {
 /// Validates a decoded body received at `received_at` on the endpoint `kind`.
 pub fn parse_call(
     kind: CallKind,
-    body: Value,
+    body: &Body<'_>,
     received_at: Millis,
     opts: &IngestOptions<'_>,
 ) -> Parsed {
-    let Value::Object(mut top) = body else {
-        return Parsed {
-            rejected: vec![FieldError::new(None, "", "the body must be a JSON object")],
-            ..Default::default()
-        };
-    };
-    let write_key = top
-        .get("writeKey")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let top = body.members();
     let mut out = Parsed {
-        write_key,
+        write_key: body.write_key(),
         ..Default::default()
     };
 
     if kind != CallKind::Batch {
-        top.remove("writeKey");
-        push(
-            &mut out,
+        let event = Item {
+            members: top,
+            left_out: &["writeKey"],
+        };
+        let result = parse_event(
             0,
-            parse_event(
-                0,
-                kind.event_type(),
-                top,
-                &Batch::default(),
-                received_at,
-                opts,
-            ),
+            kind.event_type(),
+            &event,
+            &Batch::default(),
+            received_at,
+            opts,
         );
+        push(&mut out, 0, result);
         return out;
     }
 
-    let batch_sent_at = match top.get("sentAt").map(|v| time_field(v, "sentAt")) {
+    let batch_sent_at = match top.get("sentAt").map(|v| time_field(&json::value(v))) {
         Some(Err(reason)) => {
             out.rejected.push(FieldError::new(None, "sentAt", reason));
             return out;
@@ -164,18 +177,21 @@ pub fn parse_call(
         Some(Ok(t)) => t,
         None => None,
     };
-    let batch_context = match top.remove("context") {
-        Some(Value::Object(m)) => m,
-        None | Some(Value::Null) => Map::new(),
-        Some(_) => {
-            out.rejected
-                .push(FieldError::new(None, "context", "must be an object"));
-            return out;
-        }
+    let batch_context = match top.get("context") {
+        None => Members::default(),
+        Some(v) if is_null(v) => Members::default(),
+        Some(v) => match Members::of(v) {
+            Some(m) => m,
+            None => {
+                out.rejected
+                    .push(FieldError::new(None, "context", "must be an object"));
+                return out;
+            }
+        },
     };
-    let items = match top.remove("batch") {
-        Some(Value::Array(items)) => items,
-        Some(_) => {
+    let items = match body.batch() {
+        Some(json::Items::Events(items)) => items,
+        Some(json::Items::NotAnArray) => {
             out.rejected
                 .push(FieldError::new(None, "batch", "must be an array of events"));
             return out;
@@ -208,10 +224,16 @@ pub fn parse_call(
         context: batch_context,
     };
     out.accepted.reserve(items.len());
-    for (i, item) in items.into_iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
         let result = match item {
-            Value::Object(obj) => parse_event(i, None, obj, &batch, received_at, opts),
-            _ => Err(FieldError::new(
+            Some(members) => {
+                let event = Item {
+                    members,
+                    left_out: &[],
+                };
+                parse_event(i, None, &event, &batch, received_at, opts)
+            }
+            None => Err(FieldError::new(
                 Some(i),
                 "",
                 "each batch item must be a JSON object",
@@ -222,34 +244,72 @@ pub fn parse_call(
     out
 }
 
-fn push(out: &mut Parsed, index: usize, r: Result<(Event, String), FieldError>) {
+fn push(out: &mut Parsed, index: usize, r: Result<Accepted, FieldError>) {
     match r {
-        Ok((event, json)) => out.accepted.push(Accepted { index, event, json }),
+        Ok(mut a) => {
+            a.index = index;
+            out.accepted.push(a);
+        }
         Err(e) => out.rejected.push(e),
     }
 }
 
 #[derive(Default)]
-struct Batch {
+struct Batch<'a> {
     sent_at: Option<Millis>,
-    context: Map<String, Value>,
+    context: Members<'a>,
+}
+
+/// One event's members, and those of them that are the request's, not the event's (a single call's
+/// `writeKey`).
+struct Item<'m, 'a> {
+    members: &'m Members<'a>,
+    left_out: &'static [&'static str],
+}
+
+/// A part of the stored event: as it came in the request, or as Seam changed it.
+enum Part<'a> {
+    Text(&'a RawValue),
+    Parsed(Value),
+}
+
+impl Part<'_> {
+    fn push(&self, out: &mut String) {
+        match self {
+            Self::Text(raw) => json::push_compact(out, raw),
+            Self::Parsed(v) => out.push_str(&v.to_string()),
+        }
+    }
+}
+
+/// `traits` or `properties`: absent, `null` and `{}` are all empty, and stored as absent.
+fn object_part(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|v| !is_null(v) && !is_empty_object(v))
+}
+
+fn is_empty_object(raw: &RawValue) -> bool {
+    let inner = raw.get().trim();
+    inner.starts_with('{') && inner[1..].trim_start().starts_with('}')
 }
 
 fn parse_event(
     i: usize,
     implied: Option<EventType>,
-    mut obj: Map<String, Value>,
-    batch: &Batch,
+    item: &Item<'_, '_>,
+    batch: &Batch<'_>,
     received_at: Millis,
     opts: &IngestOptions<'_>,
-) -> Result<(Event, String), FieldError> {
+) -> Result<Accepted, FieldError> {
     let err = |field: &str, reason: String| FieldError::new(Some(i), field, reason);
     let lim = &opts.limits;
+    let obj = item.members;
+    let f = Fields::of(obj);
+    let field = |raw: Option<&RawValue>| raw.map(json::value);
 
     let kind = match implied {
         Some(k) => k,
-        None => match obj.get("type") {
-            Some(Value::String(t)) => match EventType::parse(t) {
+        None => match field(f.kind) {
+            Some(Value::String(t)) => match EventType::parse(&t) {
                 Some(k) if k.kind() == seam_core::EventKind::Received => k,
                 _ => {
                     return Err(err(
@@ -264,38 +324,69 @@ fn parse_event(
     };
 
     // Structure first: nesting depth and object-typed fields.
-    for field in ["traits", "properties", "context", "integrations"] {
-        if let Some(v) = obj.get(field) {
-            if !v.is_object() && !v.is_null() {
-                return Err(err(field, "must be an object".into()));
+    for (name, raw) in [
+        ("traits", f.traits),
+        ("properties", f.properties),
+        ("context", f.context),
+        ("integrations", f.integrations),
+    ] {
+        if let Some(v) = raw {
+            if !v.get().starts_with('{') && !is_null(v) {
+                return Err(err(name, "must be an object".into()));
             }
-            let d = depth(v);
-            if d > lim.max_depth {
+            if let Some(d) = json::deeper_than(v, lim.max_depth) {
                 return Err(err(
-                    field,
+                    name,
                     format!("is nested {d} levels deep; the limit is {}", lim.max_depth),
                 ));
             }
         }
     }
-    let mut traits = take_object(&mut obj, "traits");
-    let properties = take_object(&mut obj, "properties");
-    let mut context = take_object(&mut obj, "context");
-    if kind == EventType::Identify {
+    let is_identify = kind == EventType::Identify;
+    let own_context = f.context.and_then(Members::of).unwrap_or_default();
+    // Identify traits are changed (canonical e-mail and phone, context.traits filled in), so they are parsed;
+    // the traits of other calls are stored as they came.
+    let mut traits = match object_part(f.traits) {
+        Some(raw) if !is_identify => TraitsPart::Text(raw),
+        Some(raw) => TraitsPart::Parsed(json::object(raw)),
+        None if is_identify => TraitsPart::Parsed(Map::new()),
+        None => TraitsPart::None,
+    };
+    if let TraitsPart::Parsed(traits) = &mut traits {
         // Some SDKs (RudderStack's) send identify traits only in context.traits.
-        if let Some(Value::Object(ct)) = context.get("traits") {
-            for (k, v) in ct {
-                traits.entry(k.clone()).or_insert_with(|| v.clone());
+        if let Some(ct) = own_context.get("traits").and_then(Members::of) {
+            for (k, v) in ct.distinct() {
+                if !traits.contains_key(k) {
+                    traits.insert(k.to_owned(), json::value(v));
+                }
             }
         }
     }
-    for (k, v) in &batch.context {
-        context.entry(k.clone()).or_insert_with(|| v.clone());
+    // The event's context, then what the batch's adds.
+    let mut context: Vec<(&str, Part<'_>)> = own_context
+        .distinct()
+        .into_iter()
+        .map(|(k, v)| (k, Part::Text(v)))
+        .collect();
+    let own_keys = own_context.key_set();
+    for (k, v) in batch.context.distinct() {
+        if !own_keys.contains(k) {
+            context.push((k, Part::Text(v)));
+        }
     }
+    let in_context = |context: &[(&str, Part<'_>)], key: &str| -> Option<Value> {
+        context
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, p)| match p {
+                Part::Text(raw) => json::value(raw),
+                Part::Parsed(v) => v.clone(),
+            })
+    };
 
-    let message_id = match obj.get("messageId") {
+    let message_id = match field(f.message_id) {
         None | Some(Value::Null) => None,
-        Some(v) => match scalar_string(v) {
+        Some(v) => match scalar_string(&v) {
             Some(s) if s.trim().is_empty() => None,
             Some(s) if s.chars().count() > lim.max_message_id_chars => {
                 return Err(err(
@@ -308,50 +399,57 @@ fn parse_event(
         },
     };
 
-    let user_id = identifier_field(&obj, "userId", lim).map_err(|r| err("userId", r))?;
+    let user_id = identifier_field(field(f.user_id), lim).map_err(|r| err("userId", r))?;
     let anonymous_id =
-        identifier_field(&obj, "anonymousId", lim).map_err(|r| err("anonymousId", r))?;
+        identifier_field(field(f.anonymous_id), lim).map_err(|r| err("anonymousId", r))?;
     let previous_id =
-        identifier_field(&obj, "previousId", lim).map_err(|r| err("previousId", r))?;
-    let group_id = identifier_field(&obj, "groupId", lim).map_err(|r| err("groupId", r))?;
+        identifier_field(field(f.previous_id), lim).map_err(|r| err("previousId", r))?;
+    let group_id = identifier_field(field(f.group_id), lim).map_err(|r| err("groupId", r))?;
 
+    let required = |sent: Option<&RawValue>, what: &str| {
+        if sent.is_some() {
+            format!("{what}; the value sent is not a usable identifier")
+        } else {
+            format!("is required: {what}")
+        }
+    };
     match kind {
         EventType::Alias => {
             if user_id.is_none() {
                 return Err(err(
                     "userId",
-                    required_reason(&obj, "userId", "alias needs the new userId"),
+                    required(f.user_id, "alias needs the new userId"),
                 ));
             }
             if previous_id.is_none() {
                 return Err(err(
                     "previousId",
-                    required_reason(&obj, "previousId", "alias needs the previousId"),
+                    required(f.previous_id, "alias needs the previousId"),
                 ));
             }
         }
         _ if user_id.is_none() && anonymous_id.is_none() => {
-            let field = if obj.contains_key("userId") || !obj.contains_key("anonymousId") {
+            let name = if f.user_id.is_some() || f.anonymous_id.is_none() {
                 "userId"
             } else {
                 "anonymousId"
             };
             return Err(err(
-                field,
+                name,
                 "userId or anonymousId is required and must be a usable identifier".into(),
             ));
         }
         EventType::Group if group_id.is_none() => {
             return Err(err(
                 "groupId",
-                required_reason(&obj, "groupId", "group needs a groupId"),
+                required(f.group_id, "group needs a groupId"),
             ));
         }
         _ => {}
     }
 
     let name = match kind {
-        EventType::Track => match obj.get("event") {
+        EventType::Track => match field(f.event) {
             Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= 255 => {
                 Some(s.trim().to_owned())
             }
@@ -364,23 +462,20 @@ fn parse_event(
             Some(_) => return Err(err("event", "must be a string".into())),
             None => return Err(err("event", "is required for track".into())),
         },
-        EventType::Page | EventType::Screen => match obj.get("name") {
-            Some(Value::String(s)) => Some(s.clone()),
+        EventType::Page | EventType::Screen => match field(f.name) {
+            Some(Value::String(s)) => Some(s),
             None | Some(Value::Null) => None,
             Some(_) => return Err(err("name", "must be a string".into())),
         },
         _ => None,
     };
 
-    let original = match obj
-        .get("timestamp")
-        .or_else(|| obj.get("originalTimestamp"))
-    {
-        Some(v) => time_field(v, "timestamp").map_err(|r| err("timestamp", r))?,
+    let original = match field(f.timestamp).or_else(|| field(f.original_timestamp)) {
+        Some(v) => time_field(&v).map_err(|r| err("timestamp", r))?,
         None => None,
     };
-    let sent_at = match obj.get("sentAt") {
-        Some(v) => time_field(v, "sentAt").map_err(|r| err("sentAt", r))?,
+    let sent_at = match field(f.sent_at) {
+        Some(v) => time_field(&v).map_err(|r| err("sentAt", r))?,
         None => None,
     }
     .or(batch.sent_at);
@@ -404,51 +499,21 @@ fn parse_event(
             a.clone(),
         ));
     }
-    let is_identify = kind == EventType::Identify;
-    for (where_, map) in [
-        ("traits", Some(&mut traits)),
-        ("context.traits", context_traits(&mut context)),
-    ] {
-        let Some(map) = map else { continue };
-        if where_ == "traits" && !is_identify {
-            continue; // group traits describe the group, not the person
-        }
-        if let Some(v) = map.get("email").filter(|v| !v.is_null()) {
-            let raw = scalar_string(v)
-                .ok_or_else(|| err(&format!("{where_}.email"), "must be a string".into()))?;
-            if !is_junk_identifier(&raw) {
-                let e =
-                    EmailAddress::parse(&raw).map_err(|r| err(&format!("{where_}.email"), r))?;
-                map.insert("email".into(), Value::String(e.as_str().to_owned()));
-                identifiers.push(Identifier::new(
-                    IdentifierType::builtin(IdentifierType::EMAIL),
-                    e.as_str(),
-                ));
-            }
-        }
-        if let Some(v) = map.get("phone").filter(|v| !v.is_null()) {
-            let raw = scalar_string(v)
-                .ok_or_else(|| err(&format!("{where_}.phone"), "must be a string".into()))?;
-            if !is_junk_identifier(&raw) {
-                let p = PhoneE164::parse(&raw, opts.default_region)
-                    .map_err(|r| err(&format!("{where_}.phone"), r))?;
-                map.insert("phone".into(), Value::String(p.as_str().to_owned()));
-                identifiers.push(Identifier::new(
-                    IdentifierType::builtin(IdentifierType::PHONE),
-                    p.as_str(),
-                ));
-            }
-        }
-        for custom in opts.rules.custom_types() {
-            if let Some(v) = map.get(custom.as_str()).and_then(scalar_string) {
-                let v = v.trim();
-                if !is_junk_identifier(v) && v.chars().count() <= lim.max_identifier_chars {
-                    identifiers.push(Identifier::new(custom.clone(), v));
-                }
-            }
+    if let TraitsPart::Parsed(traits) = &mut traits {
+        take_identifiers("traits", traits, opts, &mut identifiers).map_err(|(f, r)| err(&f, r))?;
+    }
+    if let Some(slot) = context.iter_mut().find(|(k, _)| *k == "traits") {
+        let mut parsed = match &slot.1 {
+            Part::Text(raw) => json::value(raw),
+            Part::Parsed(v) => v.clone(),
+        };
+        if let Value::Object(ct) = &mut parsed {
+            take_identifiers("context.traits", ct, opts, &mut identifiers)
+                .map_err(|(f, r)| err(&f, r))?;
+            slot.1 = Part::Parsed(parsed);
         }
     }
-    if let Some(Value::Array(ext)) = context.get("externalIds") {
+    if let Some(Value::Array(ext)) = in_context(&context, "externalIds") {
         for (j, item) in ext.iter().enumerate() {
             let field = format!("context.externalIds[{j}]");
             let t = item
@@ -485,64 +550,248 @@ fn parse_event(
     identifiers.dedup();
 
     let source = context
-        .get("library")
-        .and_then(|l| l.get("name"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let channel = obj
-        .get("channel")
-        .or_else(|| context.get("channel"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+        .iter()
+        .find(|(k, _)| *k == "library")
+        .and_then(|(_, p)| match p {
+            Part::Text(raw) => Members::of(raw)?.get("name").map(json::value),
+            Part::Parsed(v) => v.get("name").cloned(),
+        })
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let channel = field(f.channel)
+        .or_else(|| in_context(&context, "channel"))
+        .and_then(|v| v.as_str().map(str::to_owned));
 
-    let message_id = message_id.unwrap_or_else(|| {
-        derived_message_id(i, kind, &obj, &traits, &properties, original, received_at)
-    });
-
-    let event = Event {
-        message_id,
-        kind,
-        event: name,
-        user_id,
-        anonymous_id,
-        previous_id,
-        group_id,
-        identifiers,
-        traits,
-        properties,
-        context,
-        timestamp,
-        received_at,
-        sent_at,
-        original_timestamp: original,
-        source,
-        channel,
+    let properties = object_part(f.properties);
+    let message_id = match message_id {
+        Some(id) => id,
+        None => {
+            let mut left_out = vec!["traits", "properties", "context"];
+            left_out.extend_from_slice(item.left_out);
+            let traits = match &traits {
+                TraitsPart::Parsed(m) => m.clone(),
+                TraitsPart::Text(raw) => json::object(raw),
+                TraitsPart::None => Map::new(),
+            };
+            let properties = properties.map(json::object).unwrap_or_default();
+            derived_message_id(
+                i,
+                kind,
+                &obj.to_map(&left_out),
+                &traits,
+                &properties,
+                original,
+                received_at,
+            )
+        }
     };
-    let json = serde_json::to_string(&event).expect("events serialise");
-    if json.len() > lim.max_event_bytes {
+
+    // The stored form: the fields of `Event` in its order, those empty left out as its serde form does.
+    let mut out =
+        String::with_capacity(256 + obj.iter().map(|(_, v)| v.get().len()).sum::<usize>());
+    out.push_str("{\"message_id\":");
+    json::push_str(&mut out, &message_id);
+    out.push_str(",\"type\":\"");
+    out.push_str(kind.as_str());
+    out.push('"');
+    for (key, value) in [
+        ("event", &name),
+        ("user_id", &user_id),
+        ("anonymous_id", &anonymous_id),
+        ("previous_id", &previous_id),
+        ("group_id", &group_id),
+    ] {
+        if let Some(v) = value {
+            push_key(&mut out, key);
+            json::push_str(&mut out, v);
+        }
+    }
+    if !identifiers.is_empty() {
+        push_key(&mut out, "identifiers");
+        out.push('[');
+        for (n, id) in identifiers.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"type\":");
+            json::push_str(&mut out, id.kind.as_str());
+            out.push_str(",\"value\":");
+            json::push_str(&mut out, &id.value);
+            out.push('}');
+        }
+        out.push(']');
+    }
+    match &traits {
+        TraitsPart::Parsed(m) if !m.is_empty() => {
+            push_key(&mut out, "traits");
+            out.push_str(&Value::Object(m.clone()).to_string());
+        }
+        TraitsPart::Text(raw) => {
+            push_key(&mut out, "traits");
+            json::push_compact(&mut out, raw);
+        }
+        _ => {}
+    }
+    if let Some(raw) = properties {
+        push_key(&mut out, "properties");
+        json::push_compact(&mut out, raw);
+    }
+    if !context.is_empty() {
+        push_key(&mut out, "context");
+        out.push('{');
+        for (n, (k, part)) in context.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            json::push_str(&mut out, k);
+            out.push(':');
+            part.push(&mut out);
+        }
+        out.push('}');
+    }
+    push_key(&mut out, "timestamp");
+    out.push_str(&timestamp.to_string());
+    push_key(&mut out, "received_at");
+    out.push_str(&received_at.to_string());
+    for (key, value) in [("sent_at", sent_at), ("original_timestamp", original)] {
+        if let Some(t) = value {
+            push_key(&mut out, key);
+            out.push_str(&t.to_string());
+        }
+    }
+    for (key, value) in [("source", &source), ("channel", &channel)] {
+        if let Some(v) = value {
+            push_key(&mut out, key);
+            json::push_str(&mut out, v);
+        }
+    }
+    out.push('}');
+
+    if out.len() > lim.max_event_bytes {
         let mut e = err(
             "",
             format!(
                 "the event is {} bytes; the limit is {}",
-                json.len(),
+                out.len(),
                 lim.max_event_bytes
             ),
         );
         e.too_large = true;
         return Err(e);
     }
-    Ok((event, json))
+    Ok(Accepted {
+        index: i,
+        message_id,
+        kind,
+        name,
+        timestamp,
+        received_at,
+        json: out,
+    })
 }
 
-fn take_object(obj: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
-    match obj.remove(key) {
-        Some(Value::Object(m)) => m,
-        _ => Map::new(),
+/// The members an event is read from, found in one pass (a key written twice: the later).
+#[derive(Default)]
+struct Fields<'a> {
+    kind: Option<&'a RawValue>,
+    message_id: Option<&'a RawValue>,
+    user_id: Option<&'a RawValue>,
+    anonymous_id: Option<&'a RawValue>,
+    previous_id: Option<&'a RawValue>,
+    group_id: Option<&'a RawValue>,
+    event: Option<&'a RawValue>,
+    name: Option<&'a RawValue>,
+    timestamp: Option<&'a RawValue>,
+    original_timestamp: Option<&'a RawValue>,
+    sent_at: Option<&'a RawValue>,
+    channel: Option<&'a RawValue>,
+    traits: Option<&'a RawValue>,
+    properties: Option<&'a RawValue>,
+    context: Option<&'a RawValue>,
+    integrations: Option<&'a RawValue>,
+}
+
+impl<'a> Fields<'a> {
+    fn of(members: &Members<'a>) -> Self {
+        let mut f = Self::default();
+        for (key, value) in members.iter() {
+            let slot = match key {
+                "type" => &mut f.kind,
+                "messageId" => &mut f.message_id,
+                "userId" => &mut f.user_id,
+                "anonymousId" => &mut f.anonymous_id,
+                "previousId" => &mut f.previous_id,
+                "groupId" => &mut f.group_id,
+                "event" => &mut f.event,
+                "name" => &mut f.name,
+                "timestamp" => &mut f.timestamp,
+                "originalTimestamp" => &mut f.original_timestamp,
+                "sentAt" => &mut f.sent_at,
+                "channel" => &mut f.channel,
+                "traits" => &mut f.traits,
+                "properties" => &mut f.properties,
+                "context" => &mut f.context,
+                "integrations" => &mut f.integrations,
+                _ => continue,
+            };
+            *slot = Some(value);
+        }
+        f
     }
 }
 
-fn context_traits(context: &mut Map<String, Value>) -> Option<&mut Map<String, Value>> {
-    context.get_mut("traits").and_then(Value::as_object_mut)
+/// An event's traits: none, as they came, or parsed (an identify's, which Seam changes).
+enum TraitsPart<'a> {
+    None,
+    Text(&'a RawValue),
+    Parsed(Map<String, Value>),
+}
+
+fn push_key(out: &mut String, key: &str) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+}
+
+/// The e-mail, phone and custom identifiers a traits object holds (`where_` names it in errors); the
+/// e-mail and phone are written back in their canonical forms.
+fn take_identifiers(
+    where_: &str,
+    map: &mut Map<String, Value>,
+    opts: &IngestOptions<'_>,
+    identifiers: &mut Vec<Identifier>,
+) -> Result<(), (String, String)> {
+    let field = |name: &str| format!("{where_}.{name}");
+    if let Some(v) = map.get("email").filter(|v| !v.is_null()) {
+        let raw = scalar_string(v).ok_or_else(|| (field("email"), "must be a string".into()))?;
+        if !is_junk_identifier(&raw) {
+            let e = EmailAddress::parse(&raw).map_err(|r| (field("email"), r))?;
+            map.insert("email".into(), Value::String(e.as_str().to_owned()));
+            identifiers.push(Identifier::new(
+                IdentifierType::builtin(IdentifierType::EMAIL),
+                e.as_str(),
+            ));
+        }
+    }
+    if let Some(v) = map.get("phone").filter(|v| !v.is_null()) {
+        let raw = scalar_string(v).ok_or_else(|| (field("phone"), "must be a string".into()))?;
+        if !is_junk_identifier(&raw) {
+            let p = PhoneE164::parse(&raw, opts.default_region).map_err(|r| (field("phone"), r))?;
+            map.insert("phone".into(), Value::String(p.as_str().to_owned()));
+            identifiers.push(Identifier::new(
+                IdentifierType::builtin(IdentifierType::PHONE),
+                p.as_str(),
+            ));
+        }
+    }
+    for custom in opts.rules.custom_types() {
+        if let Some(v) = map.get(custom.as_str()).and_then(scalar_string) {
+            let v = v.trim();
+            if !is_junk_identifier(v) && v.chars().count() <= opts.limits.max_identifier_chars {
+                identifiers.push(Identifier::new(custom.clone(), v));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A string, or a number written as a string (many SDKs send numeric ids).
@@ -555,16 +804,12 @@ fn scalar_string(v: &Value) -> Option<String> {
 }
 
 /// An identifier field: absent, junk (treated as absent) or a usable trimmed value.
-fn identifier_field(
-    obj: &Map<String, Value>,
-    key: &str,
-    lim: &Limits,
-) -> Result<Option<String>, String> {
-    match obj.get(key) {
+fn identifier_field(v: Option<Value>, lim: &Limits) -> Result<Option<String>, String> {
+    match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => {
-            let s = scalar_string(v)
-                .ok_or_else(|| format!("must be a string or a number, not {}", type_name(v)))?;
+            let s = scalar_string(&v)
+                .ok_or_else(|| format!("must be a string or a number, not {}", type_name(&v)))?;
             let s = s.trim();
             if s.chars().count() > lim.max_identifier_chars {
                 return Err(format!(
@@ -574,14 +819,6 @@ fn identifier_field(
             }
             Ok((!is_junk_identifier(s)).then(|| s.to_owned()))
         }
-    }
-}
-
-fn required_reason(obj: &Map<String, Value>, key: &str, what: &str) -> String {
-    if obj.contains_key(key) {
-        format!("{what}; the value sent is not a usable identifier")
-    } else {
-        format!("is required: {what}")
     }
 }
 
@@ -597,7 +834,7 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 /// An ISO 8601 string or epoch milliseconds.
-fn time_field(v: &Value, _name: &str) -> Result<Option<Millis>, String> {
+fn time_field(v: &Value) -> Result<Option<Millis>, String> {
     match v {
         Value::Null => Ok(None),
         Value::String(s) => parse_rfc3339(s)
@@ -609,14 +846,6 @@ fn time_field(v: &Value, _name: &str) -> Result<Option<Millis>, String> {
             .map(Some)
             .ok_or_else(|| "must be an ISO 8601 string or epoch milliseconds".to_owned()),
         _ => Err("must be an ISO 8601 date-time string".into()),
-    }
-}
-
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
-        _ => 0,
     }
 }
 
@@ -659,5 +888,7 @@ fn derived_message_id(
     format!("seam-{h1:016x}{h2:016x}")
 }
 
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;

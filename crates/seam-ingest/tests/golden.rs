@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use seam_core::IdentifierRules;
-use seam_ingest::{parse_call, CallKind, IngestOptions, Limits};
+use seam_ingest::{parse_call, CallKind, Decoded, IngestOptions, Limits};
 use serde_json::{json, Value};
 
 /// 2026-11-23T03:00:00Z, the receive time given to every recorded request.
@@ -29,11 +29,12 @@ fn normalise(recorded: &Value) -> Value {
         .map(|req| {
             let path = req["path"].as_str().unwrap();
             let kind = CallKind::from_path(path.rsplit('/').next().unwrap()).expect("a collection path");
-            let parsed = parse_call(kind, req["body"].clone(), RECEIVED_AT, &opts);
+            let decoded = Decoded::json(req["body"].to_string());
+            let parsed = parse_call(kind, &decoded.body(kind).unwrap(), RECEIVED_AT, &opts);
             json!({
                 "path": path,
                 "write_key": parsed.write_key,
-                "accepted": parsed.accepted.iter().map(|a| serde_json::to_value(&a.event).unwrap()).collect::<Vec<_>>(),
+                "accepted": parsed.accepted.iter().map(|a| serde_json::to_value(a.event()).unwrap()).collect::<Vec<_>>(),
                 "rejected": parsed.rejected.iter().map(|e| json!({"index": e.index, "field": e.field, "reason": e.reason})).collect::<Vec<_>>(),
             })
         })

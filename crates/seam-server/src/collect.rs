@@ -78,13 +78,15 @@ async fn handle(
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let value = decode_body(&raw, encoding, ctype, limits.max_batch_bytes).map_err(|e| {
+    let reject = |e: seam_ingest::BodyError| {
         state.metrics.count_rejected(1);
         ApiError::new(e.status(), e.code(), e.to_string())
-    })?;
+    };
+    let decoded = decode_body(&raw, encoding, ctype, limits.max_batch_bytes).map_err(reject)?;
+    let body = decoded.body(kind).map_err(reject)?;
     let ws = match ws_from_header {
         Some(ws) => ws,
-        None => auth::for_collect(state, value.get("writeKey").and_then(|v| v.as_str()))?,
+        None => auth::for_collect(state, body.write_key().as_deref())?,
     };
     let rules = state.store.identifier_rules(ws);
     let opts = IngestOptions {
@@ -92,7 +94,7 @@ async fn handle(
         default_region: state.settings.default_region,
         rules: &rules,
     };
-    let parsed = parse_call(kind, value, state.clock.now_ms(), &opts);
+    let parsed = parse_call(kind, &body, state.clock.now_ms(), &opts);
     let total = parsed.accepted.len() + parsed.rejected.len();
     let stored = parsed.accepted.len();
     state

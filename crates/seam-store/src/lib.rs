@@ -144,7 +144,14 @@ pub struct LogRow {
 
 impl From<seam_ingest::Accepted> for LogRow {
     fn from(a: seam_ingest::Accepted) -> Self {
-        LogRow::new(a.event, a.json)
+        Self {
+            message_id: a.message_id,
+            kind: a.kind.as_str(),
+            name: a.name,
+            timestamp: a.timestamp,
+            received_at: a.received_at,
+            json: a.json,
+        }
     }
 }
 
