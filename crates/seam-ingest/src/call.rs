@@ -6,6 +6,8 @@
 //! stores parses to the same [`Event`] a field-by-field reading of the parsed body gives (property test
 //! against `call::reference`).
 
+use std::fmt::Write as _;
+
 use phonenumber::country::Id as Region;
 use seam_core::clock::parse_rfc3339;
 use seam_core::{Event, EventType, Identifier, IdentifierRules, IdentifierType, Millis};
@@ -308,19 +310,7 @@ fn parse_event(
 
     let kind = match implied {
         Some(k) => k,
-        None => match field(f.kind) {
-            Some(Value::String(t)) => match EventType::parse(&t) {
-                Some(k) if k.kind() == seam_core::EventKind::Received => k,
-                _ => {
-                    return Err(err(
-                        "type",
-                        format!("{t:?} is not one of identify, track, page, screen, group, alias"),
-                    ))
-                }
-            },
-            Some(_) => return Err(err("type", "must be a string".into())),
-            None => return Err(err("type", "is required in a batch item".into())),
-        },
+        None => call_type(i, field(f.kind))?,
     };
 
     // Structure first: nesting depth and object-typed fields.
@@ -384,121 +374,29 @@ fn parse_event(
             })
     };
 
-    let message_id = match field(f.message_id) {
-        None | Some(Value::Null) => None,
-        Some(v) => match scalar_string(&v) {
-            Some(s) if s.trim().is_empty() => None,
-            Some(s) if s.chars().count() > lim.max_message_id_chars => {
-                return Err(err(
-                    "messageId",
-                    format!("is longer than {} characters", lim.max_message_id_chars),
-                ))
-            }
-            Some(s) => Some(s),
-            None => return Err(err("messageId", "must be a string".into())),
-        },
-    };
-
-    let user_id = identifier_field(field(f.user_id), lim).map_err(|r| err("userId", r))?;
-    let anonymous_id =
-        identifier_field(field(f.anonymous_id), lim).map_err(|r| err("anonymousId", r))?;
-    let previous_id =
-        identifier_field(field(f.previous_id), lim).map_err(|r| err("previousId", r))?;
-    let group_id = identifier_field(field(f.group_id), lim).map_err(|r| err("groupId", r))?;
-
-    let required = |sent: Option<&RawValue>, what: &str| {
-        if sent.is_some() {
-            format!("{what}; the value sent is not a usable identifier")
-        } else {
-            format!("is required: {what}")
-        }
-    };
-    match kind {
-        EventType::Alias => {
-            if user_id.is_none() {
-                return Err(err(
-                    "userId",
-                    required(f.user_id, "alias needs the new userId"),
-                ));
-            }
-            if previous_id.is_none() {
-                return Err(err(
-                    "previousId",
-                    required(f.previous_id, "alias needs the previousId"),
-                ));
-            }
-        }
-        _ if user_id.is_none() && anonymous_id.is_none() => {
-            let name = if f.user_id.is_some() || f.anonymous_id.is_none() {
-                "userId"
-            } else {
-                "anonymousId"
-            };
-            return Err(err(
-                name,
-                "userId or anonymousId is required and must be a usable identifier".into(),
-            ));
-        }
-        EventType::Group if group_id.is_none() => {
-            return Err(err(
-                "groupId",
-                required(f.group_id, "group needs a groupId"),
-            ));
-        }
-        _ => {}
-    }
-
-    let name = match kind {
-        EventType::Track => match field(f.event) {
-            Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= 255 => {
-                Some(s.trim().to_owned())
-            }
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                return Err(err("event", "must not be empty".into()))
-            }
-            Some(Value::String(_)) => {
-                return Err(err("event", "is longer than 255 characters".into()))
-            }
-            Some(_) => return Err(err("event", "must be a string".into())),
-            None => return Err(err("event", "is required for track".into())),
-        },
-        EventType::Page | EventType::Screen => match field(f.name) {
-            Some(Value::String(s)) => Some(s),
-            None | Some(Value::Null) => None,
-            Some(_) => return Err(err("name", "must be a string".into())),
-        },
-        _ => None,
-    };
-
-    let original = match field(f.timestamp).or_else(|| field(f.original_timestamp)) {
-        Some(v) => time_field(&v).map_err(|r| err("timestamp", r))?,
-        None => None,
-    };
-    let sent_at = match field(f.sent_at) {
-        Some(v) => time_field(&v).map_err(|r| err("sentAt", r))?,
-        None => None,
-    }
-    .or(batch.sent_at);
-    let timestamp = match (original, sent_at) {
-        (Some(orig), Some(sent)) => received_at - (sent - orig),
-        (Some(orig), None) => orig,
-        (None, _) => received_at,
-    };
+    let message_id = message_id_field(i, field(f.message_id), lim)?;
+    let ids = Ids::read(
+        i,
+        kind,
+        [
+            field(f.user_id),
+            field(f.anonymous_id),
+            field(f.previous_id),
+            field(f.group_id),
+        ],
+        lim,
+    )?;
+    let name = event_name(i, kind, field(f.event), field(f.name))?;
+    let (timestamp, sent_at, original) = times(
+        i,
+        field(f.timestamp).or_else(|| field(f.original_timestamp)),
+        field(f.sent_at),
+        batch.sent_at,
+        received_at,
+    )?;
 
     // Identifiers, normalised; the traits keep the canonical forms too.
-    let mut identifiers = Vec::with_capacity(4);
-    if let Some(u) = &user_id {
-        identifiers.push(Identifier::new(
-            IdentifierType::builtin(IdentifierType::USER_ID),
-            u.clone(),
-        ));
-    }
-    if let Some(a) = &anonymous_id {
-        identifiers.push(Identifier::new(
-            IdentifierType::builtin(IdentifierType::ANONYMOUS_ID),
-            a.clone(),
-        ));
-    }
+    let mut identifiers = ids.identifiers();
     if let TraitsPart::Parsed(traits) = &mut traits {
         take_identifiers("traits", traits, opts, &mut identifiers).map_err(|(f, r)| err(&f, r))?;
     }
@@ -514,37 +412,7 @@ fn parse_event(
         }
     }
     if let Some(Value::Array(ext)) = in_context(&context, "externalIds") {
-        for (j, item) in ext.iter().enumerate() {
-            let field = format!("context.externalIds[{j}]");
-            let t = item
-                .get("type")
-                .and_then(Value::as_str)
-                .ok_or_else(|| err(&field, "needs a string type".into()))?;
-            let v = item
-                .get("id")
-                .and_then(scalar_string)
-                .ok_or_else(|| err(&field, "needs an id".into()))?;
-            let v = v.trim();
-            if let Ok(kind) = IdentifierType::parse(t) {
-                if opts.rules.knows(kind.as_str())
-                    && !is_junk_identifier(v)
-                    && v.chars().count() <= lim.max_identifier_chars
-                {
-                    let value = match kind.as_str() {
-                        IdentifierType::EMAIL => EmailAddress::parse(v)
-                            .map_err(|r| err(&field, r))?
-                            .as_str()
-                            .to_owned(),
-                        IdentifierType::PHONE => PhoneE164::parse(v, opts.default_region)
-                            .map_err(|r| err(&field, r))?
-                            .as_str()
-                            .to_owned(),
-                        _ => v.to_owned(),
-                    };
-                    identifiers.push(Identifier::new(kind, value));
-                }
-            }
-        }
+        external_ids(i, &ext, opts, &mut identifiers)?;
     }
     identifiers.sort();
     identifiers.dedup();
@@ -595,10 +463,10 @@ fn parse_event(
     out.push('"');
     for (key, value) in [
         ("event", &name),
-        ("user_id", &user_id),
-        ("anonymous_id", &anonymous_id),
-        ("previous_id", &previous_id),
-        ("group_id", &group_id),
+        ("user_id", &ids.user_id),
+        ("anonymous_id", &ids.anonymous_id),
+        ("previous_id", &ids.previous_id),
+        ("group_id", &ids.group_id),
     ] {
         if let Some(v) = value {
             push_key(&mut out, key);
@@ -623,7 +491,7 @@ fn parse_event(
     match &traits {
         TraitsPart::Parsed(m) if !m.is_empty() => {
             push_key(&mut out, "traits");
-            out.push_str(&Value::Object(m.clone()).to_string());
+            out.push_str(&serde_json::to_string(m).unwrap_or_default());
         }
         TraitsPart::Text(raw) => {
             push_key(&mut out, "traits");
@@ -649,13 +517,13 @@ fn parse_event(
         out.push('}');
     }
     push_key(&mut out, "timestamp");
-    out.push_str(&timestamp.to_string());
+    let _ = write!(out, "{timestamp}");
     push_key(&mut out, "received_at");
-    out.push_str(&received_at.to_string());
+    let _ = write!(out, "{received_at}");
     for (key, value) in [("sent_at", sent_at), ("original_timestamp", original)] {
         if let Some(t) = value {
             push_key(&mut out, key);
-            out.push_str(&t.to_string());
+            let _ = write!(out, "{t}");
         }
     }
     for (key, value) in [("source", &source), ("channel", &channel)] {
@@ -750,6 +618,214 @@ fn push_key(out: &mut String, key: &str) {
     out.push_str(",\"");
     out.push_str(key);
     out.push_str("\":");
+}
+
+/// The `type` of a batch item: one of the calls.
+fn call_type(i: usize, v: Option<Value>) -> Result<EventType, FieldError> {
+    let err = |reason: String| FieldError::new(Some(i), "type", reason);
+    match v {
+        Some(Value::String(t)) => match EventType::parse(&t) {
+            Some(k) if k.kind() == seam_core::EventKind::Received => Ok(k),
+            _ => Err(err(format!(
+                "{t:?} is not one of identify, track, page, screen, group, alias"
+            ))),
+        },
+        Some(_) => Err(err("must be a string".into())),
+        None => Err(err("is required in a batch item".into())),
+    }
+}
+
+/// The `messageId` sent, if a usable one was.
+fn message_id_field(
+    i: usize,
+    v: Option<Value>,
+    lim: &Limits,
+) -> Result<Option<String>, FieldError> {
+    let err = |reason: String| FieldError::new(Some(i), "messageId", reason);
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match scalar_string(&v) {
+            Some(s) if s.trim().is_empty() => Ok(None),
+            Some(s) if s.chars().count() > lim.max_message_id_chars => Err(err(format!(
+                "is longer than {} characters",
+                lim.max_message_id_chars
+            ))),
+            Some(s) => Ok(Some(s)),
+            None => Err(err("must be a string".into())),
+        },
+    }
+}
+
+/// The ids of a call (junk values dropped), checked against what the call needs.
+struct Ids {
+    user_id: Option<String>,
+    anonymous_id: Option<String>,
+    previous_id: Option<String>,
+    group_id: Option<String>,
+}
+
+impl Ids {
+    /// `sent`: the values of `userId`, `anonymousId`, `previousId` and `groupId`, where sent.
+    fn read(
+        i: usize,
+        kind: EventType,
+        sent: [Option<Value>; 4],
+        lim: &Limits,
+    ) -> Result<Self, FieldError> {
+        let err = |field: &str, reason: String| FieldError::new(Some(i), field, reason);
+        let [user, anonymous, previous, group] = sent;
+        let (user_sent, anonymous_sent) = (user.is_some(), anonymous.is_some());
+        let (previous_sent, group_sent) = (previous.is_some(), group.is_some());
+        let ids = Self {
+            user_id: identifier_field(user, lim).map_err(|r| err("userId", r))?,
+            anonymous_id: identifier_field(anonymous, lim).map_err(|r| err("anonymousId", r))?,
+            previous_id: identifier_field(previous, lim).map_err(|r| err("previousId", r))?,
+            group_id: identifier_field(group, lim).map_err(|r| err("groupId", r))?,
+        };
+        let required = |sent: bool, what: &str| {
+            if sent {
+                format!("{what}; the value sent is not a usable identifier")
+            } else {
+                format!("is required: {what}")
+            }
+        };
+        match kind {
+            EventType::Alias if ids.user_id.is_none() => Err(err(
+                "userId",
+                required(user_sent, "alias needs the new userId"),
+            )),
+            EventType::Alias if ids.previous_id.is_none() => Err(err(
+                "previousId",
+                required(previous_sent, "alias needs the previousId"),
+            )),
+            EventType::Alias => Ok(ids),
+            _ if ids.user_id.is_none() && ids.anonymous_id.is_none() => Err(err(
+                if user_sent || !anonymous_sent {
+                    "userId"
+                } else {
+                    "anonymousId"
+                },
+                "userId or anonymousId is required and must be a usable identifier".into(),
+            )),
+            EventType::Group if ids.group_id.is_none() => Err(err(
+                "groupId",
+                required(group_sent, "group needs a groupId"),
+            )),
+            _ => Ok(ids),
+        }
+    }
+
+    fn identifiers(&self) -> Vec<Identifier> {
+        let mut out = Vec::with_capacity(4);
+        if let Some(u) = &self.user_id {
+            out.push(Identifier::new(
+                IdentifierType::builtin(IdentifierType::USER_ID),
+                u.clone(),
+            ));
+        }
+        if let Some(a) = &self.anonymous_id {
+            out.push(Identifier::new(
+                IdentifierType::builtin(IdentifierType::ANONYMOUS_ID),
+                a.clone(),
+            ));
+        }
+        out
+    }
+}
+
+/// A track event's name (`event`), or a page's or screen's (`name`).
+fn event_name(
+    i: usize,
+    kind: EventType,
+    event: Option<Value>,
+    name: Option<Value>,
+) -> Result<Option<String>, FieldError> {
+    let err = |field: &str, reason: &str| FieldError::new(Some(i), field, reason);
+    match kind {
+        EventType::Track => match event {
+            Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= 255 => {
+                Ok(Some(s.trim().to_owned()))
+            }
+            Some(Value::String(s)) if s.trim().is_empty() => Err(err("event", "must not be empty")),
+            Some(Value::String(_)) => Err(err("event", "is longer than 255 characters")),
+            Some(_) => Err(err("event", "must be a string")),
+            None => Err(err("event", "is required for track")),
+        },
+        EventType::Page | EventType::Screen => match name {
+            Some(Value::String(s)) => Ok(Some(s)),
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => Err(err("name", "must be a string")),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// `(timestamp, sent_at, original_timestamp)`: when it happened, corrected for the sender's clock skew
+/// (`receivedAt − (sentAt − originalTimestamp)`), from the event's time, its `sentAt` or the batch's.
+fn times(
+    i: usize,
+    original: Option<Value>,
+    sent_at: Option<Value>,
+    batch_sent_at: Option<Millis>,
+    received_at: Millis,
+) -> Result<(Millis, Option<Millis>, Option<Millis>), FieldError> {
+    let err = |field: &str, reason: String| FieldError::new(Some(i), field, reason);
+    let original = match original {
+        Some(v) => time_field(&v).map_err(|r| err("timestamp", r))?,
+        None => None,
+    };
+    let sent_at = match sent_at {
+        Some(v) => time_field(&v).map_err(|r| err("sentAt", r))?,
+        None => None,
+    }
+    .or(batch_sent_at);
+    let timestamp = match (original, sent_at) {
+        (Some(orig), Some(sent)) => received_at - (sent - orig),
+        (Some(orig), None) => orig,
+        (None, _) => received_at,
+    };
+    Ok((timestamp, sent_at, original))
+}
+
+/// The identifiers of `context.externalIds` whose types the workspace knows, normalised.
+fn external_ids(
+    i: usize,
+    ext: &[Value],
+    opts: &IngestOptions<'_>,
+    identifiers: &mut Vec<Identifier>,
+) -> Result<(), FieldError> {
+    for (j, item) in ext.iter().enumerate() {
+        let field = format!("context.externalIds[{j}]");
+        let err = |reason: String| FieldError::new(Some(i), field.as_str(), reason);
+        let t = item
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| err("needs a string type".into()))?;
+        let v = item
+            .get("id")
+            .and_then(scalar_string)
+            .ok_or_else(|| err("needs an id".into()))?;
+        let v = v.trim();
+        let Ok(kind) = IdentifierType::parse(t) else {
+            continue;
+        };
+        if !opts.rules.knows(kind.as_str())
+            || is_junk_identifier(v)
+            || v.chars().count() > opts.limits.max_identifier_chars
+        {
+            continue;
+        }
+        let value = match kind.as_str() {
+            IdentifierType::EMAIL => EmailAddress::parse(v).map_err(err)?.as_str().to_owned(),
+            IdentifierType::PHONE => PhoneE164::parse(v, opts.default_region)
+                .map_err(err)?
+                .as_str()
+                .to_owned(),
+            _ => v.to_owned(),
+        };
+        identifiers.push(Identifier::new(kind, value));
+    }
+    Ok(())
 }
 
 /// The e-mail, phone and custom identifiers a traits object holds (`where_` names it in errors); the
