@@ -32,7 +32,7 @@ pub(crate) const COUNTED_UP_TO: i64 = 10_000;
 
 /// Most profiles evaluated in the transaction that applied their events; more (a backlog) are queued for
 /// the decision passes, where a person touched again meanwhile is evaluated once for all.
-const IN_STEP: usize = 2_000;
+pub(crate) const IN_STEP: usize = 2_000;
 
 /// What one decision pass did.
 #[derive(Default)]

@@ -26,6 +26,10 @@ use crate::StoreError;
 /// these bounds the caches stay under about 550 MB however many people there are.
 const STATES_CACHED: usize = 200_000;
 const OWNERS_CACHED: usize = 1_000_000;
+/// A workspace with at most this many identifiers has them all read into the owners' cache when it is first
+/// needed, so that an identifier not in the cache is known to be new without a read (half the cache's bound,
+/// so that it has room to grow).
+const OWNERS_READ_WHOLE: usize = OWNERS_CACHED / 2;
 
 /// What a merge does in SQL, each statement taking (workspace, loser, survivor): the loser's scheduling state
 /// goes, and everything of theirs follows the survivor.
@@ -69,7 +73,9 @@ pub(crate) struct Processor {
     dirty: HashSet<(i64, i64)>,
     /// Who holds an identifier (`None`: nobody), per workspace. Only the processor changes identities, so the
     /// cache stays exact; it is dropped whenever a transaction rolls back.
-    owners: HashMap<i64, HashMap<Identifier, Option<ProfileId>>>,
+    owners: HashMap<i64, Owners>,
+    /// A workspace's identifiers are read whole into `owners` when there are at most this many.
+    owners_read_whole: usize,
     /// System events decided since the last `take_emitted`.
     emitted: Vec<Emitted>,
     /// System events that came back through the log (and left the outbox) since the last `take_emitted`.
@@ -85,6 +91,8 @@ pub(crate) struct Processor {
     /// Live profiles the events of this transaction touched in workspaces with segments: evaluated (or, in a
     /// backlog, queued) before it commits (see `decide::decide_touched`).
     touched: BTreeMap<(i64, i64), Touched>,
+    /// The last track event queued in `touched` (its text is then needed to evaluate the person).
+    last_track_queued: Seq,
     /// Whether a segment or computed trait was defined or deleted since the last `take_redefined`.
     redefined: bool,
     /// Whether each workspace has an active journey (then events are queued for the journeys).
@@ -123,18 +131,57 @@ const DATE_JOURNEYS: &str =
     "SELECT EXISTS (SELECT 1 FROM journeys WHERE ws = ?1 AND status = 'active'
     AND json_extract(definition, '$.trigger.date') IS NOT NULL)";
 
+/// Who holds each identifier of a workspace, as far as read or written (`None`: nobody).
+#[derive(Default)]
+struct Owners {
+    by_id: HashMap<Identifier, Option<ProfileId>>,
+    /// Every identifier of the workspace is in `by_id`: one that is not is held by nobody.
+    whole: bool,
+}
+
+impl Owners {
+    /// The workspace's identifiers, read whole when there are at most `up_to` of them (counted that far
+    /// only), else none yet.
+    fn read(conn: &Connection, ws: i64, up_to: usize) -> rusqlite::Result<Self> {
+        let count: usize = conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM identities WHERE ws = ?1 LIMIT ?2)",
+            )?
+            .query_row(params![ws, up_to.saturating_add(1) as i64], |r| r.get(0))?;
+        if count > up_to {
+            return Ok(Self::default());
+        }
+        let mut by_id = HashMap::with_capacity(count * 2);
+        let mut stmt =
+            conn.prepare_cached("SELECT type, value, profile FROM identities WHERE ws = ?1")?;
+        let mut rows = stmt.query([ws])?;
+        while let Some(r) = rows.next()? {
+            let kind = IdentifierType::parse(r.get_ref(0)?.as_str()?)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+            by_id.insert(
+                Identifier::new(kind, r.get::<_, String>(1)?),
+                Some(ProfileId::from_seq(r.get(2)?)),
+            );
+        }
+        Ok(Self { by_id, whole: true })
+    }
+}
+
 struct SqlView<'c> {
     conn: &'c Connection,
     ws: i64,
-    owners: &'c mut HashMap<Identifier, Option<ProfileId>>,
+    owners: &'c mut Owners,
 }
 
 impl IdentityView for SqlView<'_> {
     type Error = rusqlite::Error;
 
     fn owner(&mut self, id: &Identifier) -> rusqlite::Result<Option<ProfileId>> {
-        if let Some(known) = self.owners.get(id) {
+        if let Some(known) = self.owners.by_id.get(id) {
             return Ok(known.clone());
+        }
+        if self.owners.whole {
+            return Ok(None);
         }
         let found = self
             .conn
@@ -146,7 +193,7 @@ impl IdentityView for SqlView<'_> {
             })
             .optional()?
             .map(ProfileId::from_seq);
-        self.owners.insert(id.clone(), found.clone());
+        self.owners.by_id.insert(id.clone(), found.clone());
         Ok(found)
     }
 
@@ -259,6 +306,7 @@ impl Processor {
             states: HashMap::new(),
             dirty: HashSet::new(),
             owners: HashMap::new(),
+            owners_read_whole: OWNERS_READ_WHOLE,
             emitted: Vec::new(),
             returned: 0,
             outbox: Pending::default(),
@@ -266,6 +314,7 @@ impl Processor {
             decide_after: Seq::MAX,
             has_segments: HashMap::new(),
             touched: BTreeMap::new(),
+            last_track_queued: 0,
             redefined: false,
             has_journeys: HashMap::new(),
             has_date_journeys: HashMap::new(),
@@ -310,6 +359,7 @@ impl Processor {
             });
             if track {
                 t.track.push(seq);
+                self.last_track_queued = seq;
             }
         }
         Ok(())
@@ -318,6 +368,17 @@ impl Processor {
     /// The profiles touched since the last call, to evaluate before the transaction commits.
     pub(crate) fn take_touched(&mut self) -> BTreeMap<(i64, i64), Touched> {
         std::mem::take(&mut self.touched)
+    }
+
+    /// Whether the track event at `seq`, just applied, was queued for its person's evaluation in this
+    /// transaction (which then reads its text).
+    pub(crate) fn queued_track(&self, seq: Seq) -> bool {
+        self.last_track_queued == seq
+    }
+
+    /// How many profiles this transaction touched in workspaces with segments.
+    pub(crate) fn touched_count(&self) -> usize {
+        self.touched.len()
     }
 
     /// Whether a segment or computed trait was defined or deleted since the last call.
@@ -375,7 +436,7 @@ impl Processor {
         let mut view = SqlView {
             conn,
             ws,
-            owners: self.owners.entry(ws).or_default(),
+            owners: self.owners(conn, ws)?,
         };
         let mut ids = event.identifiers.clone();
         if event.kind == EventType::Alias {
@@ -582,9 +643,9 @@ impl Processor {
             self.states.remove(&(ws, loser));
             self.dirty.remove(&(ws, loser));
             self.state(conn, ws, survivor)?.absorb(theirs);
-            let owners = self.owners.entry(ws).or_default();
+            let owners = self.owners(conn, ws)?;
             for id in identities_of(conn, ws, loser)? {
-                owners.insert(id, Some(r.profile.clone()));
+                owners.by_id.insert(id, Some(r.profile.clone()));
             }
             // The loser's entries of this transaction too are moved.
             self.write_timeline(conn)?;
@@ -603,13 +664,13 @@ impl Processor {
                 props,
             )?;
         }
-        let owners = self.owners.entry(ws).or_default();
+        let owners = self.owners(conn, ws)?;
         for id in &r.attach {
             conn.prepare_cached(
                 "INSERT INTO identities (ws, type, value, profile) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![ws, id.kind.as_str(), id.value, survivor])?;
-            owners.insert(id.clone(), Some(r.profile.clone()));
+            owners.by_id.insert(id.clone(), Some(r.profile.clone()));
         }
         if !r.conflicts.is_empty() {
             for c in &r.conflicts {
@@ -681,6 +742,20 @@ impl Processor {
         )
     }
 
+    /// Who holds the identifiers of workspace `ws` (read whole on first use when it has few enough).
+    fn owners(&mut self, conn: &Connection, ws: i64) -> Result<&mut Owners, StoreError> {
+        Ok(match self.owners.entry(ws) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(slot) => slot.insert(Owners::read(conn, ws, self.owners_read_whole)?),
+        })
+    }
+
+    /// Reads a workspace's identifiers whole only when there are at most `n` (a test takes the other way).
+    #[cfg(test)]
+    pub(crate) fn read_owners_whole_up_to(&mut self, n: usize) {
+        self.owners_read_whole = n;
+    }
+
     /// The state of a live profile, loaded into the cache and marked for writing back.
     fn state(
         &mut self,
@@ -741,7 +816,7 @@ impl Processor {
         if self.states.len() > STATES_CACHED {
             self.states.clear();
         }
-        if self.owners.values().map(HashMap::len).sum::<usize>() > OWNERS_CACHED {
+        if self.owners.values().map(|o| o.by_id.len()).sum::<usize>() > OWNERS_CACHED {
             self.owners.clear();
         }
         Ok(())
@@ -758,6 +833,7 @@ impl Processor {
         self.timeline.clear();
         self.has_segments.clear();
         self.touched.clear();
+        self.last_track_queued = 0;
         self.redefined = false;
     }
 }

@@ -18,7 +18,7 @@ use crate::process::Processor;
 use crate::{Command, Stats, StoreError};
 
 /// Most events applied in one projection transaction.
-const MAX_CHUNK: usize = 50_000;
+const MAX_CHUNK: usize = 200_000;
 
 /// Queued profiles evaluated in one decision pass (or handed to the evaluator in one batch).
 const EVALUATED_PER_PASS: usize = 2_000;
@@ -362,7 +362,8 @@ impl Projector {
 
     /// Applies the events after `applied_seq` up to `until`, at most `MAX_CHUNK`, in one transaction, and
     /// decides the segments of the profiles they touched in the same transaction, at the time read once the
-    /// events are applied.
+    /// events are applied. The events are applied as they are read from the log, each parsed from the row in
+    /// place; only the text of track events queued for evaluation is kept, for the segments' digests.
     pub(crate) fn step(
         &mut self,
         until: Seq,
@@ -371,36 +372,59 @@ impl Projector {
         let mut stmt = self.log.prepare_cached(
             "SELECT seq, ws, body, received_at FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows: Vec<(Seq, i64, String, i64)> = stmt
-            .query_map(params![self.applied_seq, until, MAX_CHUNK as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        drop(stmt);
-        let Some(&(last, _, _, last_received)) = rows.last() else {
-            return Ok(Step::default());
-        };
+        let mut rows = stmt.query(params![self.applied_seq, until, MAX_CHUNK as i64])?;
+        // `pass` steps only when the log is ahead: there is nearly always something to apply.
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut received = 0;
-        // The profiles this transaction touches, for the evaluator.
-        let mut keys = Vec::new();
-        let result = (|| {
-            for (seq, ws, body, _) in &rows {
-                let event = slim_event(body, self.processor.decides(*seq))?;
+        // The text of the track events queued for evaluation, by log position: the segments' digests take them
+        // in `decide_touched`.
+        let mut tracks: Vec<(Seq, String)> = Vec::new();
+        let (mut last, mut last_received, mut received) = (0, 0, 0);
+        let processor = &mut self.processor;
+        let applied = (|| {
+            while let Some(row) = rows.next()? {
+                let seq: Seq = row.get(0)?;
+                let body = row.get_ref(2)?.as_str().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                })?;
+                let event = slim_event(body, processor.decides(seq))?;
                 if event.kind.kind() == seam_core::EventKind::Received {
                     received += 1;
                 }
-                self.processor.apply(&tx, *seq, *ws, &event)?;
+                processor.apply(&tx, seq, row.get(1)?, &event)?;
+                if processor.queued_track(seq) {
+                    if processor.touched_count() <= crate::decide::IN_STEP {
+                        tracks.push((seq, body.to_owned()));
+                    } else if !tracks.is_empty() {
+                        // So many people are queued for the decision passes instead, which read the log.
+                        tracks = Vec::new();
+                    }
+                }
+                (last, last_received) = (seq, row.get(3)?);
             }
-            self.processor.flush(&tx)?;
+            Ok::<_, StoreError>(())
+        })();
+        drop(rows);
+        drop(stmt);
+        if applied.is_ok() && last == 0 {
+            return Ok(Step::default());
+        }
+        // The profiles this transaction touches, for the evaluator.
+        let mut keys = Vec::new();
+        let result = applied.and_then(|()| {
+            processor.flush(&tx)?;
             let body = |seq: Seq| {
-                rows.binary_search_by_key(&seq, |r| r.0)
+                tracks
+                    .binary_search_by_key(&seq, |r| r.0)
                     .ok()
-                    .map(|i| rows[i].2.as_str())
+                    .map(|i| tracks[i].1.as_str())
             };
-            let touched = self.processor.take_touched();
+            let touched = processor.take_touched();
             // Only batches out can be made stale by what this transaction touches.
             if self.evaluator.as_ref().is_some_and(|e| e.held() > 0) {
                 keys.extend(touched.keys().copied());
@@ -411,7 +435,7 @@ impl Projector {
                 [last],
             )?;
             Ok::<_, StoreError>(decided)
-        })();
+        });
         match result.and_then(|decided| tx.commit().map(|()| decided).map_err(StoreError::from)) {
             Ok(decided) => {
                 self.applied_seq = last;
@@ -720,6 +744,55 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(timeline, [(live[0], 1), (live[0], 2), (live[0], 3)]);
+    }
+
+    /// After a restart the identifiers already held are found again, whether the workspace's identifiers are
+    /// read whole into the cache (a new one is then known to be new without a read) or looked up one by one;
+    /// both end with the same people.
+    #[test]
+    fn identifiers_held_before_a_restart_are_found_read_whole_or_one_by_one() {
+        let clock = seam_core::clock::ManualClock::new(10_000);
+        let run = |whole_up_to: usize| -> Vec<String> {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, mut p) = projector(dir.path());
+            two_visitors_then_one_person(&log);
+            p.step(3, &clock).unwrap();
+            drop(p);
+            let mut p = reopened(dir.path());
+            p.processor.read_owners_whole_up_to(whole_up_to);
+            // The same person on a known device, then someone new.
+            for (seq, anonymous) in [(4, "a1"), (5, "a9")] {
+                let mut e = Event::system(
+                    format!("m{seq}"),
+                    EventType::Track,
+                    1_000 * seq,
+                    Default::default(),
+                );
+                e.event = Some("Viewed".into());
+                e.identifiers = vec![Identifier::new(
+                    IdentifierType::builtin(IdentifierType::ANONYMOUS_ID),
+                    anonymous,
+                )];
+                e.received_at = e.timestamp;
+                append(&log, seq, &e);
+            }
+            p.step(5, &clock).unwrap();
+            let on: Vec<(i64, i64)> = p
+                .conn
+                .prepare("SELECT seq, profile FROM timeline ORDER BY seq")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(
+                on[3].1, on[0].1,
+                "the known device is the same person: {on:?}"
+            );
+            assert_eq!(on[4], (5, 5), "the new device is a new person: {on:?}");
+            people(&p.conn)
+        };
+        assert_eq!(run(usize::MAX), run(0));
     }
 
     /// The process dies after the projector committed a decision and before the log writer appended it: the
