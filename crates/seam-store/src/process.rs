@@ -151,7 +151,7 @@ impl Owners {
         if count > up_to {
             return Ok(Self::default());
         }
-        let mut by_id = HashMap::with_capacity(count * 2);
+        let mut by_id = HashMap::with_capacity(count);
         let mut stmt =
             conn.prepare_cached("SELECT type, value, profile FROM identities WHERE ws = ?1")?;
         let mut rows = stmt.query([ws])?;
