@@ -194,30 +194,15 @@ pub fn parse_call(
     let items = match body.batch() {
         Some(json::Items::Events(items)) => items,
         Some(json::Items::NotAnArray) => {
-            out.rejected
-                .push(FieldError::new(None, "batch", "must be an array of events"));
+            out.rejected.push(batch_not_an_array());
             return out;
         }
         None => {
-            out.rejected.push(FieldError::new(
-                None,
-                "batch",
-                "is required: an array of events",
-            ));
+            out.rejected.push(batch_missing());
             return out;
         }
     };
-    if items.len() > opts.limits.max_batch_events {
-        let mut e = FieldError::new(
-            None,
-            "batch",
-            format!(
-                "holds {} events; the limit is {}",
-                items.len(),
-                opts.limits.max_batch_events
-            ),
-        );
-        e.too_large = true;
+    if let Some(e) = batch_too_large(items.len(), opts) {
         out.rejected.push(e);
         return out;
     }
@@ -235,15 +220,40 @@ pub fn parse_call(
                 };
                 parse_event(i, None, &event, &batch, received_at, opts)
             }
-            None => Err(FieldError::new(
-                Some(i),
-                "",
-                "each batch item must be a JSON object",
-            )),
+            None => Err(item_not_an_object(i)),
         };
         push(&mut out, i, result);
     }
     out
+}
+
+/// The refusals of a batch as a whole and of one of its items, one wording for both readings of a body (this
+/// one and the test oracle's): no `batch` member, ...
+fn batch_missing() -> FieldError {
+    FieldError::new(None, "batch", "is required: an array of events")
+}
+
+/// ... a `batch` that is not an array, ...
+fn batch_not_an_array() -> FieldError {
+    FieldError::new(None, "batch", "must be an array of events")
+}
+
+/// ... a batch of `events` past the configured limit (too large), ...
+fn batch_too_large(events: usize, opts: &IngestOptions<'_>) -> Option<FieldError> {
+    let limit = opts.limits.max_batch_events;
+    (events > limit).then(|| FieldError {
+        too_large: true,
+        ..FieldError::new(
+            None,
+            "batch",
+            format!("holds {events} events; the limit is {limit}"),
+        )
+    })
+}
+
+/// ... and an item `i` that is not an object.
+fn item_not_an_object(i: usize) -> FieldError {
+    FieldError::new(Some(i), "", "each batch item must be a JSON object")
 }
 
 fn push(out: &mut Parsed, index: usize, r: Result<Accepted, FieldError>) {

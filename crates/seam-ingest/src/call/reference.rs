@@ -7,8 +7,9 @@ use seam_core::{Event, EventType, Millis};
 use serde_json::{Map, Value};
 
 use super::{
-    call_type, derived_message_id, event_name, external_ids, message_id_field, take_identifiers,
-    time_field, times, CallKind, FieldError, Ids, IngestOptions,
+    batch_missing, batch_not_an_array, batch_too_large, call_type, derived_message_id, event_name,
+    external_ids, item_not_an_object, message_id_field, take_identifiers, time_field, times,
+    CallKind, FieldError, Ids, IngestOptions,
 };
 
 /// What one request gives: the write key, then each event by index, accepted or rejected.
@@ -78,30 +79,15 @@ pub(super) fn parse_call(
     let items = match top.remove("batch") {
         Some(Value::Array(items)) => items,
         Some(_) => {
-            out.rejected
-                .push(FieldError::new(None, "batch", "must be an array of events"));
+            out.rejected.push(batch_not_an_array());
             return out;
         }
         None => {
-            out.rejected.push(FieldError::new(
-                None,
-                "batch",
-                "is required: an array of events",
-            ));
+            out.rejected.push(batch_missing());
             return out;
         }
     };
-    if items.len() > opts.limits.max_batch_events {
-        let mut e = FieldError::new(
-            None,
-            "batch",
-            format!(
-                "holds {} events; the limit is {}",
-                items.len(),
-                opts.limits.max_batch_events
-            ),
-        );
-        e.too_large = true;
+    if let Some(e) = batch_too_large(items.len(), opts) {
         out.rejected.push(e);
         return out;
     }
@@ -113,11 +99,7 @@ pub(super) fn parse_call(
     for (i, item) in items.into_iter().enumerate() {
         let result = match item {
             Value::Object(obj) => parse_event(i, None, obj, &batch, received_at, opts),
-            _ => Err(FieldError::new(
-                Some(i),
-                "",
-                "each batch item must be a JSON object",
-            )),
+            _ => Err(item_not_an_object(i)),
         };
         push(&mut out, i, result);
     }
