@@ -610,8 +610,6 @@ mod tests {
 
     /// Two visitors, the second logged in, then an identify that makes them one person (a merge, decided here).
     fn two_visitors_then_one_person(log: &Connection) {
-        let id =
-            |kind: &'static str, value: &str| Identifier::new(IdentifierType::builtin(kind), value);
         let events = [
             (
                 EventType::Track,
@@ -627,12 +625,31 @@ mod tests {
             ),
         ];
         for (seq, (kind, identifiers)) in (1i64..).zip(events) {
-            let mut e = Event::system(format!("m{seq}"), kind, 1_000 * seq, Default::default());
-            e.event = (kind == EventType::Track).then(|| "Viewed".to_owned());
-            e.identifiers = identifiers;
-            e.received_at = e.timestamp;
-            append(log, seq, &e);
+            received(log, seq, kind, identifiers);
         }
+    }
+
+    fn id(kind: &'static str, value: &str) -> Identifier {
+        Identifier::new(IdentifierType::builtin(kind), value)
+    }
+
+    /// Appends at `seq` a received event of `kind` (a track event is "Viewed") by `identifiers`.
+    fn received(log: &Connection, seq: i64, kind: EventType, identifiers: Vec<Identifier>) {
+        let mut e = Event::system(format!("m{seq}"), kind, 1_000 * seq, Default::default());
+        e.event = (kind == EventType::Track).then(|| "Viewed".to_owned());
+        e.identifiers = identifiers;
+        e.received_at = e.timestamp;
+        append(log, seq, &e);
+    }
+
+    /// The timeline as (log position, profile), in log order.
+    fn timeline(conn: &Connection) -> Vec<(i64, i64)> {
+        conn.prepare("SELECT seq, profile FROM timeline ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     /// Every row of the person-facing projections, to compare two moments.
@@ -735,15 +752,10 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(live.len(), 1, "the two visitors are one person");
-        let timeline: Vec<(i64, i64)> = p
-            .conn
-            .prepare("SELECT profile, seq FROM timeline ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(timeline, [(live[0], 1), (live[0], 2), (live[0], 3)]);
+        assert_eq!(
+            timeline(&p.conn),
+            [(1, live[0]), (2, live[0]), (3, live[0])]
+        );
     }
 
     /// After a restart the identifiers already held are found again, whether the workspace's identifiers are
@@ -762,29 +774,15 @@ mod tests {
             p.processor.read_owners_whole_up_to(whole_up_to);
             // The same person on a known device, then someone new.
             for (seq, anonymous) in [(4, "a1"), (5, "a9")] {
-                let mut e = Event::system(
-                    format!("m{seq}"),
+                received(
+                    &log,
+                    seq,
                     EventType::Track,
-                    1_000 * seq,
-                    Default::default(),
+                    vec![id(IdentifierType::ANONYMOUS_ID, anonymous)],
                 );
-                e.event = Some("Viewed".into());
-                e.identifiers = vec![Identifier::new(
-                    IdentifierType::builtin(IdentifierType::ANONYMOUS_ID),
-                    anonymous,
-                )];
-                e.received_at = e.timestamp;
-                append(&log, seq, &e);
             }
             p.step(5, &clock).unwrap();
-            let on: Vec<(i64, i64)> = p
-                .conn
-                .prepare("SELECT seq, profile FROM timeline ORDER BY seq")
-                .unwrap()
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let on = timeline(&p.conn);
             assert_eq!(
                 on[3].1, on[0].1,
                 "the known device is the same person: {on:?}"
