@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use seam_audiences::digest::{Digest, Needs};
 use seam_audiences::{Expr, Library, PersonEvent};
 use seam_core::clock::Stopwatch;
@@ -256,7 +256,7 @@ pub(crate) fn step(
     let Some((ws, segment, after)) = job else {
         return Ok(Decided::default());
     };
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = crate::write_projections(conn)?;
     let defs = load_defs(&tx, ws)?;
     let mut emitted = Vec::new();
     let mut last = None;

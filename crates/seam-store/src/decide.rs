@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use seam_audiences::ast::Metric;
 use seam_audiences::digest::{Digest, Needs};
 use seam_audiences::{measure, parse, parse_metric, Expr, Library, Person, PersonEvent};
@@ -441,7 +441,7 @@ pub(crate) fn decide(
     mut evaluator: Option<&mut Evaluator>,
     inline: bool,
 ) -> Result<(Decided, Vec<Key>), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = crate::write_projections(conn)?;
     tx.execute(
         "INSERT OR IGNORE INTO pending_evaluations (ws, profile) SELECT ws, profile FROM segment_timers WHERE due <= ?1",
         [now],

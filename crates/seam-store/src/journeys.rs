@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use jiff::tz::TimeZone;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use seam_audiences::ast::Expr;
 use seam_audiences::PersonEvent;
 use seam_core::{Event, EventType, Identifier, Millis, ProfileId};
@@ -203,7 +203,7 @@ pub(crate) fn decide(
     if !work {
         return Ok(Decided::default());
     }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = crate::write_projections(conn)?;
     let decisions: i64 =
         tx.query_row("SELECT value FROM meta WHERE key = 'decisions'", [], |r| {
             r.get(0)

@@ -252,6 +252,22 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<
     Ok(conn)
 }
 
+/// A write transaction on the projections of the projector's connection, which has the log attached. `BEGIN
+/// IMMEDIATE` would also begin a read of every attached database, and a read of the log held for as long as the
+/// transaction (a step takes seconds) keeps its checkpointer from copying the WAL past it or starting it over.
+/// Begun deferred, the transaction reads the log only if a statement of it does; its first statement writes, so
+/// the projections' write lock is taken (waiting as the busy timeout allows) before anything is read.
+pub(crate) fn write_projections(
+    conn: &mut Connection,
+) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+    tx.execute(
+        "UPDATE main.meta SET value = value WHERE key = 'applied_seq'",
+        [],
+    )?;
+    Ok(tx)
+}
+
 /// How long a connection waits for another's lock before its statement fails with "database is locked".
 pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -303,15 +319,7 @@ impl Store {
             rules.clone(),
             delivery,
         )?
-        .restarting_wals(
-            {
-                let c = open_connection(&data_dir.join(DB_FILE), false)?;
-                c.busy_timeout(writer::RESTART_WAIT)?;
-                c
-            },
-            data_dir.join(format!("{DB_FILE}-wal")),
-            data_dir.join(format!("{PROJECTIONS_FILE}-wal")),
-        )
+        .restarting_wal(data_dir.join(format!("{PROJECTIONS_FILE}-wal")))
         .evaluating({
             let c = open_connection(&data_dir.join(PROJECTIONS_FILE), true)?;
             let uri = format!("file:{}?mode=ro", data_dir.join(DB_FILE).display());

@@ -9,7 +9,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 use seam_core::{Event, IdentifierRules, Seq};
 use tokio::sync::watch;
 
@@ -19,6 +19,13 @@ use crate::{Command, Stats, StoreError};
 
 /// Most events applied in one projection transaction.
 const MAX_CHUNK: usize = 200_000;
+
+/// Most events read from the log in one read transaction (a few tens of milliseconds of applying). The tests
+/// read a few at a time, so that every step they take goes through several.
+#[cfg(not(test))]
+const READ_AT_ONCE: usize = 5_000;
+#[cfg(test)]
+const READ_AT_ONCE: usize = 3;
 
 /// Queued profiles evaluated in one decision pass (or handed to the evaluator in one batch).
 const EVALUATED_PER_PASS: usize = 2_000;
@@ -149,11 +156,10 @@ fn slim_event(body: &str, live: bool) -> Result<Event, StoreError> {
     Ok(e)
 }
 
-/// The WALs the projector starts over between its passes: the log's, which it reads nearly all the time (so
-/// between its own passes is when no reader holds it), through a writable connection of its own, and its own.
+/// The WAL the projector starts over between its passes: its own, which nobody else can start over while the
+/// projector writes nearly all the time. (The log's is its checkpointer's: a step holds a read on the log for at
+/// most [`READ_AT_ONCE`] events.)
 pub(crate) struct Wals {
-    log: Connection,
-    log_wal: std::path::PathBuf,
     own_wal: std::path::PathBuf,
     /// The last try: at most one a second.
     last: seam_core::clock::Stopwatch,
@@ -178,7 +184,7 @@ pub(crate) struct Projector {
     processor: Processor,
     pub(crate) applied_seq: Seq,
     delivery: crate::journeys::Delivery,
-    /// The WALs it starts over between its passes.
+    /// The WAL it starts over between its passes.
     wals: Option<Wals>,
     /// The thread that evaluates queued profiles on a snapshot meanwhile (the live projector has one; a
     /// rebuild evaluates nothing).
@@ -239,44 +245,30 @@ impl Projector {
         Ok(self)
     }
 
-    /// Starts the log's WAL (`log_wal`, through `log`) and the projections' (`own_wal`) over between passes.
-    pub(crate) fn restarting_wals(
-        mut self,
-        log: Connection,
-        log_wal: std::path::PathBuf,
-        own_wal: std::path::PathBuf,
-    ) -> Self {
+    /// Starts the projections' WAL (`own_wal`) over between passes.
+    pub(crate) fn restarting_wal(mut self, own_wal: std::path::PathBuf) -> Self {
         self.wals = Some(Wals {
-            log,
-            log_wal,
             own_wal,
             last: seam_core::clock::Stopwatch::start(),
         });
         self
     }
 
-    /// Between passes, at most once a second: starts each WAL over once past its limit (see
-    /// `writer::checkpoint`). Copying the WALs into their files is the checkpointer threads' work, on the other
-    /// core; the projector takes a WAL in hand only when the last copy found it past its limit, since a restart
-    /// needs the moment when it holds no read on the log and writes nothing. (Copying both WALs here every second
-    /// took a tenth of the projector's time.)
+    /// Between passes, at most once a second: starts the projections' WAL over once past its limit (see
+    /// `writer::checkpoint`). Copying it into its file is the checkpointer thread's work, on the other core; the
+    /// projector takes it in hand only when the last copy found it past its limit, since a restart needs the
+    /// moment when the projector writes nothing. (Copying the WALs here every second took a tenth of the
+    /// projector's time.)
     fn restart_wals(&mut self, stats: &Stats) {
-        use crate::writer::{checkpoint, LOG_WAL_LIMITS, PROJECTIONS_WAL_LIMITS};
+        use crate::writer::{checkpoint, PROJECTIONS_WAL_LIMITS};
         let Some(w) = &mut self.wals else { return };
         if w.last.elapsed() < std::time::Duration::from_secs(1) {
             return;
         }
         w.last = seam_core::clock::Stopwatch::start();
-        let due = |held: &std::sync::atomic::AtomicU64, limits: crate::writer::WalLimits| {
-            held.load(Ordering::Relaxed) > limits.restart_above
-        };
-        if due(&stats.log_wal_held, LOG_WAL_LIMITS) {
-            match checkpoint(&w.log, &w.log_wal, LOG_WAL_LIMITS, &stats.log_wal_held) {
-                Ok(done) => done.count(stats),
-                Err(e) => tracing::warn!(error = %e, "starting the log's WAL over failed"),
-            }
-        }
-        if !due(&stats.projections_wal_held, PROJECTIONS_WAL_LIMITS) {
+        if stats.projections_wal_held.load(Ordering::Relaxed)
+            <= PROJECTIONS_WAL_LIMITS.restart_above
+        {
             return;
         }
         // The projector is the writer of its WAL and nobody waits on its commits: it may hold itself for the
@@ -372,44 +364,54 @@ impl Projector {
         let mut stmt = self.log.prepare_cached(
             "SELECT seq, ws, body, received_at FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let mut rows = stmt.query(params![self.applied_seq, until, MAX_CHUNK as i64])?;
         // `pass` steps only when the log is ahead: there is nearly always something to apply.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = crate::write_projections(&mut self.conn)?;
         // The text of the track events queued for evaluation, by log position: the segments' digests take them
         // in `decide_touched`.
         let mut tracks: Vec<(Seq, String)> = Vec::new();
         let (mut last, mut last_received, mut received) = (0, 0, 0);
         let processor = &mut self.processor;
+        let from = self.applied_seq;
         let applied = (|| {
-            while let Some(row) = rows.next()? {
-                let seq: Seq = row.get(0)?;
-                let body = row.get_ref(2)?.as_str().map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        2,
-                        rusqlite::types::Type::Text,
-                        e.into(),
-                    )
-                })?;
-                let event = slim_event(body, processor.decides(seq))?;
-                if event.kind.kind() == seam_core::EventKind::Received {
-                    received += 1;
-                }
-                processor.apply(&tx, seq, row.get(1)?, &event)?;
-                if processor.queued_track(seq) {
-                    if processor.touched_count() <= crate::decide::IN_STEP {
-                        tracks.push((seq, body.to_owned()));
-                    } else if !tracks.is_empty() {
-                        // So many people are queued for the decision passes instead, which read the log.
-                        tracks = Vec::new();
+            // Read a piece at a time, each piece in a read transaction of its own, so that the log's WAL is
+            // never held for longer than a piece takes: its checkpointer can copy it up to the present and start
+            // it over while the step goes on.
+            let mut read = 0;
+            loop {
+                let piece = READ_AT_ONCE.min(MAX_CHUNK - read);
+                let mut rows = stmt.query(params![last.max(from), until, piece as i64])?;
+                let mut in_piece = 0;
+                while let Some(row) = rows.next()? {
+                    in_piece += 1;
+                    let seq: Seq = row.get(0)?;
+                    let body = row.get_ref(2)?.as_str().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            2,
+                            rusqlite::types::Type::Text,
+                            e.into(),
+                        )
+                    })?;
+                    let event = slim_event(body, processor.decides(seq))?;
+                    if event.kind.kind() == seam_core::EventKind::Received {
+                        received += 1;
                     }
+                    processor.apply(&tx, seq, row.get(1)?, &event)?;
+                    if processor.queued_track(seq) {
+                        if processor.touched_count() <= crate::decide::IN_STEP {
+                            tracks.push((seq, body.to_owned()));
+                        } else if !tracks.is_empty() {
+                            // So many people are queued for the decision passes instead, which read the log.
+                            tracks = Vec::new();
+                        }
+                    }
+                    (last, last_received) = (seq, row.get(3)?);
                 }
-                (last, last_received) = (seq, row.get(3)?);
+                read += in_piece;
+                if in_piece < piece || read == MAX_CHUNK {
+                    return Ok::<_, StoreError>(());
+                }
             }
-            Ok::<_, StoreError>(())
         })();
-        drop(rows);
         drop(stmt);
         if applied.is_ok() && last == 0 {
             return Ok(Step::default());

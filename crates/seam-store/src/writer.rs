@@ -721,6 +721,55 @@ mod tests {
         assert_eq!(rows(&open(&other)), 100);
     }
 
+    /// The projector writes the projections on a connection with the log attached. Its transactions must not
+    /// hold a read of the log, or the log's checkpointer could not start the log's WAL over while one lasts (a
+    /// step takes seconds). `BEGIN IMMEDIATE` would: it begins a read of every attached database.
+    #[test]
+    fn a_projections_transaction_leaves_the_attached_log_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = AtomicU64::new(0);
+        let log = dir.path().join("log");
+        std::fs::create_dir(&log).unwrap();
+        let (log_writer, log_wal) = written(&log, 100);
+        let (mut projections, _) = written(dir.path(), 0);
+        projections
+            .execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER);
+                 INSERT INTO meta VALUES ('applied_seq', 0);",
+            )
+            .unwrap();
+        projections
+            .execute(
+                "ATTACH DATABASE ?1 AS log",
+                [format!("file:{}?mode=ro", log.join("t.db").display())],
+            )
+            .unwrap();
+        let checkpointer = open(&log);
+        let whatever_is_left = limits(1_000, i64::MAX);
+
+        let tx = projections
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        insert(&log_writer, 10);
+        assert_eq!(
+            checkpoint(&checkpointer, &log_wal, whatever_is_left, &held).unwrap(),
+            Checkpointed::Busy,
+            "held by the immediate transaction's read of the log"
+        );
+        tx.rollback().unwrap();
+
+        let tx = crate::write_projections(&mut projections).unwrap();
+        insert(&tx, 1);
+        insert(&log_writer, 10);
+        assert_eq!(
+            checkpoint(&checkpointer, &log_wal, whatever_is_left, &held).unwrap(),
+            Checkpointed::Restarted
+        );
+        tx.commit().unwrap();
+        assert_eq!(rows(&projections), 1);
+        assert_eq!(rows(&open(&log)), 120);
+    }
+
     /// A WAL file that grew past its bound (a reader held it) is emptied when it is started over.
     #[test]
     fn a_wal_file_past_its_bound_is_truncated() {
