@@ -424,6 +424,7 @@ pub(crate) fn checkpoint(
     let left = log - copied;
     if left > limits.left_at_most {
         tracing::debug!(
+            wal = %wal.display(),
             held,
             left,
             "the WAL is behind its copy; starting it over later"
@@ -441,7 +442,7 @@ pub(crate) fn checkpoint(
         r.get(0)
     })?;
     if busy != 0 {
-        tracing::debug!(held, "the WAL could not be started over yet; trying again");
+        tracing::debug!(wal = %wal.display(), held, "the WAL could not be started over yet; trying again");
         return Ok(Checkpointed::Busy);
     }
     held_now.store(0, Ordering::Relaxed);
