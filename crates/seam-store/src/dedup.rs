@@ -51,6 +51,9 @@ pub(crate) fn key(ws: i64, message_id: &str) -> Key {
     (half(0), half(8))
 }
 
+/// Whether the `message_ids` table holds a key.
+pub(crate) const ON_DISK: &str = "SELECT 1 FROM message_ids WHERE hi = ?1 AND lo = ?2";
+
 /// A generation on its way to disk.
 #[derive(Debug)]
 struct Frozen {
@@ -132,7 +135,19 @@ impl MessageIds {
     }
 
     /// Whether the log holds `k` already (or it was added in this group commit).
+    #[cfg(test)]
     pub(crate) fn contains(&self, conn: &Connection, k: Key) -> Result<bool, StoreError> {
+        let mut on_disk = conn.prepare_cached(ON_DISK)?;
+        self.contains_by(&mut on_disk, k)
+    }
+
+    /// [`MessageIds::contains`], with the statement [`ON_DISK`] prepared by the caller (a group commit prepares
+    /// it once for all its events).
+    pub(crate) fn contains_by(
+        &self,
+        on_disk: &mut rusqlite::Statement<'_>,
+        k: Key,
+    ) -> Result<bool, StoreError> {
         if self.pending.contains(&k)
             || self
                 .frozen
@@ -141,8 +156,7 @@ impl MessageIds {
         {
             return Ok(true);
         }
-        Ok(conn
-            .prepare_cached("SELECT 1 FROM message_ids WHERE hi = ?1 AND lo = ?2")?
+        Ok(on_disk
             .query_row(params![k.0, k.1], |_| Ok(()))
             .optional()?
             .is_some())

@@ -122,6 +122,7 @@ impl Writer {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut last = None;
+            let mut appender = Appender::new(&tx)?;
             for cmd in commands {
                 match cmd {
                     Command::Append {
@@ -133,7 +134,7 @@ impl Writer {
                         self.stats.commit_wait.observe(queued.elapsed());
                         let mut outcome = AppendOutcome::default();
                         for a in &events {
-                            match append(&tx, &mut self.ids, ws, a)? {
+                            match appender.append(&mut self.ids, ws, a)? {
                                 Some(seq) => {
                                     last = Some(seq);
                                     outcome.stored += 1;
@@ -147,13 +148,14 @@ impl Writer {
                         for e in events {
                             let ws = e.ws;
                             let row = LogRow::new(e.event, e.json);
-                            if let Some(seq) = append(&tx, &mut self.ids, ws, &row)? {
+                            if let Some(seq) = appender.append(&mut self.ids, ws, &row)? {
                                 last = Some(seq);
                             }
                         }
                     }
                 }
             }
+            drop(appender);
             let written = self.ids.write_slice(&tx)?;
             tx.commit()?;
             Ok((last, written))
@@ -294,32 +296,48 @@ impl Syncer {
     }
 }
 
-/// Appends one event unless its workspace already holds its messageId; returns its log position if stored.
-fn append(
-    tx: &Transaction<'_>,
-    ids: &mut MessageIds,
-    ws: i64,
-    r: &LogRow,
-) -> Result<Option<Seq>, StoreError> {
-    let k = dedup::key(ws, &r.message_id);
-    if ids.contains(tx, k)? {
-        return Ok(None);
+/// The statements a group commit runs for each event, prepared once for all of them.
+struct Appender<'t> {
+    tx: &'t Transaction<'t>,
+    insert: rusqlite::CachedStatement<'t>,
+    on_disk: rusqlite::CachedStatement<'t>,
+}
+
+impl<'t> Appender<'t> {
+    fn new(tx: &'t Transaction<'t>) -> Result<Self, StoreError> {
+        Ok(Self {
+            tx,
+            insert: tx.prepare_cached(
+                "INSERT INTO events (ws, message_id, type, name, ts, received_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?,
+            on_disk: tx.prepare_cached(dedup::ON_DISK)?,
+        })
     }
-    tx.prepare_cached(
-        "INSERT INTO events (ws, message_id, type, name, ts, received_at, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        ws,
-        r.message_id,
-        r.kind,
-        r.name,
-        r.timestamp,
-        r.received_at,
-        r.json
-    ])?;
-    ids.add(k);
-    Ok(Some(tx.last_insert_rowid()))
+
+    /// Appends one event unless its workspace already holds its messageId; returns its log position if stored.
+    fn append(
+        &mut self,
+        ids: &mut MessageIds,
+        ws: i64,
+        r: &LogRow,
+    ) -> Result<Option<Seq>, StoreError> {
+        let k = dedup::key(ws, &r.message_id);
+        if ids.contains_by(&mut self.on_disk, k)? {
+            return Ok(None);
+        }
+        self.insert.execute(params![
+            ws,
+            r.message_id,
+            r.kind,
+            r.name,
+            r.timestamp,
+            r.received_at,
+            r.json
+        ])?;
+        ids.add(k);
+        Ok(Some(self.tx.last_insert_rowid()))
+    }
 }
 
 /// When a WAL is started over (see [`checkpoint`]).
