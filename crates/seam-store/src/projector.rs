@@ -160,8 +160,8 @@ fn slim_event(body: &str, live: bool) -> Result<Event, StoreError> {
 /// The WAL the projector starts over between its passes: its own, which nobody else can start over while the
 /// projector writes nearly all the time. (The log's is its checkpointer's: a step holds a read on the log for at
 /// most [`READ_AT_ONCE`] events.)
-pub(crate) struct Wals {
-    own_wal: std::path::PathBuf,
+pub(crate) struct OwnWal {
+    path: std::path::PathBuf,
     /// The last try: at most one a second.
     last: seam_core::clock::Stopwatch,
 }
@@ -186,7 +186,7 @@ pub(crate) struct Projector {
     pub(crate) applied_seq: Seq,
     delivery: crate::journeys::Delivery,
     /// The WAL it starts over between its passes.
-    wals: Option<Wals>,
+    own_wal: Option<OwnWal>,
     /// The thread that evaluates queued profiles on a snapshot meanwhile (the live projector has one; a
     /// rebuild evaluates nothing).
     evaluator: Option<crate::evaluator::Evaluator>,
@@ -234,7 +234,7 @@ impl Projector {
             processor,
             applied_seq,
             delivery,
-            wals: None,
+            own_wal: None,
             evaluator: None,
         })
     }
@@ -246,10 +246,10 @@ impl Projector {
         Ok(self)
     }
 
-    /// Starts the projections' WAL (`own_wal`) over between passes.
-    pub(crate) fn restarting_wal(mut self, own_wal: std::path::PathBuf) -> Self {
-        self.wals = Some(Wals {
-            own_wal,
+    /// Starts the projections' WAL (the file at `path`) over between passes.
+    pub(crate) fn restarting_wal(mut self, path: std::path::PathBuf) -> Self {
+        self.own_wal = Some(OwnWal {
+            path,
             last: seam_core::clock::Stopwatch::start(),
         });
         self
@@ -260,9 +260,9 @@ impl Projector {
     /// projector takes it in hand only when the last copy found it past its limit, since a restart needs the
     /// moment when the projector writes nothing. (Copying the WALs here every second took a tenth of the
     /// projector's time.)
-    fn restart_wals(&mut self, stats: &Stats) {
+    fn restart_own_wal(&mut self, stats: &Stats) {
         use crate::writer::{checkpoint, PROJECTIONS_WAL_LIMITS};
-        let Some(w) = &mut self.wals else { return };
+        let Some(w) = &mut self.own_wal else { return };
         if w.last.elapsed() < std::time::Duration::from_secs(1) {
             return;
         }
@@ -283,7 +283,7 @@ impl Projector {
             .conn
             .busy_timeout(crate::writer::RESTART_WAIT)
             .map_err(StoreError::from)
-            .and_then(|()| checkpoint(&self.conn, &w.own_wal, own, &stats.projections_wal_held));
+            .and_then(|()| checkpoint(&self.conn, &w.path, own, &stats.projections_wal_held));
         match done {
             Ok(done) => done.count(stats),
             Err(e) => tracing::warn!(error = %e, "starting the projections' WAL over failed"),
@@ -491,9 +491,9 @@ impl Projector {
                     match self.pass(log_seq, &to_writer, &stats, clock.as_ref()) {
                         Ok(()) => {
                             failures = 0;
-                            // Between passes the projector holds no read on the log and writes nothing: the
-                            // moment both WALs can be started over.
-                            self.restart_wals(&stats);
+                            // Between passes the projector writes nothing: the moment its WAL can be started
+                            // over.
+                            self.restart_own_wal(&stats);
                         }
                         Err(e) => {
                             failures += 1;

@@ -10,7 +10,7 @@ use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
 use seam_core::clock::Stopwatch;
 use seam_core::Seq;
 use tokio::sync::oneshot;
@@ -298,15 +298,13 @@ impl Syncer {
 
 /// The statements a group commit runs for each event, prepared once for all of them.
 struct Appender<'t> {
-    tx: &'t Transaction<'t>,
     insert: rusqlite::CachedStatement<'t>,
     on_disk: rusqlite::CachedStatement<'t>,
 }
 
 impl<'t> Appender<'t> {
-    fn new(tx: &'t Transaction<'t>) -> Result<Self, StoreError> {
+    fn new(tx: &'t Connection) -> Result<Self, StoreError> {
         Ok(Self {
-            tx,
             insert: tx.prepare_cached(
                 "INSERT INTO events (ws, message_id, type, name, ts, received_at, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -326,7 +324,7 @@ impl<'t> Appender<'t> {
         if ids.contains_by(&mut self.on_disk, k)? {
             return Ok(None);
         }
-        self.insert.execute(params![
+        let seq = self.insert.insert(params![
             ws,
             r.message_id,
             r.kind,
@@ -336,7 +334,7 @@ impl<'t> Appender<'t> {
             r.json
         ])?;
         ids.add(k);
-        Ok(Some(self.tx.last_insert_rowid()))
+        Ok(Some(seq))
     }
 }
 
