@@ -17,7 +17,6 @@ use seam_audiences::ast::Metric;
 use seam_audiences::digest::{Digest, Needs};
 use seam_audiences::{measure, parse, parse_metric, Expr, Library, Person, PersonEvent};
 use seam_core::{Event, EventType, Millis, ProfileId, Seq};
-use serde_json::json;
 
 use crate::evaluator::{Evaluator, Key};
 use crate::outbox::Emitted;
@@ -237,14 +236,14 @@ impl<'t> Recorder<'t> {
             kind.as_str(),
             self.decisions
         );
-        let props =
-            json!({"segment_id": id, "segment": name, "profile_id": ProfileId::from_seq(profile)});
-        let event = Event::system(
-            message_id,
-            kind,
-            now,
-            props.as_object().cloned().unwrap_or_default(),
+        let mut props = serde_json::Map::new();
+        props.insert("segment_id".into(), id.into());
+        props.insert("segment".into(), name.into());
+        props.insert(
+            "profile_id".into(),
+            String::from(ProfileId::from_seq(profile)).into(),
         );
+        let event = Event::system(message_id, kind, now, props);
         self.emitted.push(Emitted::to_outbox(tx, ws, event)?);
         Ok(())
     }
