@@ -77,7 +77,7 @@ pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
     );
     counter(
         "seam_evaluations_again_total",
-        "Profiles evaluated off the projector's thread that changed meanwhile, so were evaluated again on it.",
+        "Profiles evaluated off the projector's thread that changed meanwhile, so were left queued to be evaluated again.",
         load(&st.evaluated_again),
     );
     counter(

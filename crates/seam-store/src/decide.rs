@@ -41,7 +41,7 @@ pub(crate) struct Decided {
     /// [`COUNTED_UP_TO`].
     pub remaining: i64,
     /// Profiles decided from what the evaluator found, and those it found for that had changed meanwhile (so
-    /// evaluated again here).
+    /// left queued, to be evaluated again).
     pub apart: u64,
     pub again: u64,
 }
@@ -428,8 +428,9 @@ impl Assessment {
 
 /// Evaluates up to `limit` queued profiles at `now` (those of a backlog, of a computed trait's backfill, of a
 /// due timer) and records the membership changes. With an `evaluator`, the queued profiles are handed to it
-/// instead, a batch of `limit` at a time, and what it found for the batches back since is written here (a
-/// profile changed since its batch was handed out is evaluated again here, at `now`); `inline` evaluates the
+/// instead, in batches (as many as it has room for), and what it found for the batches back since
+/// is written here (a profile changed since its batch was handed out stays queued; the profiles of a batch that
+/// failed are evaluated here, at `now`); `inline` evaluates the
 /// queued profiles here all the same (while a backfill step, writing memberships over a range of profiles, may
 /// run between a batch's snapshot and its return). Returns the profiles to hand out once this transaction has
 /// committed.
@@ -453,8 +454,7 @@ pub(crate) fn decide(
         Ok(())
     };
     let mut hand_out = Vec::new();
-    let mut apart = 0;
-    let mut again = Vec::new();
+    let (mut apart, mut again, mut failed_here) = (0, 0, Vec::new());
     if let Some(ev) = evaluator.as_mut() {
         for batch in ev.take_back() {
             let failed = match &batch.outcome {
@@ -464,20 +464,26 @@ pub(crate) fn decide(
                     true
                 }
             };
-            let stale: Vec<bool> = batch
-                .profiles
-                .iter()
-                .map(|k| failed || ev.stale(&batch, k))
-                .collect();
+            if failed {
+                for key in batch.profiles {
+                    unqueue(key)?;
+                    failed_here.push(key);
+                }
+                continue;
+            }
+            let stale: Vec<bool> = batch.profiles.iter().map(|k| ev.stale(&batch, k)).collect();
             let mut outcomes = batch.outcome.unwrap_or_default().into_iter();
             decider.out.now = batch.now;
             for (key, stale) in batch.profiles.into_iter().zip(stale) {
                 let found = outcomes.next().flatten();
-                unqueue(key)?;
                 if stale {
-                    again.push(key);
+                    // Left queued, to be evaluated again from a current reading by a later batch: the projector
+                    // does not spend its own thread on it now. (The commit that touched it also queued it, or
+                    // decided it from its events; after a definition changed it is read again with the new one.)
+                    again += 1;
                     continue;
                 }
+                unqueue(key)?;
                 apart += 1;
                 if let Some(a) = found {
                     // Merged away since the snapshot (a merge touches only the survivor): nothing of it is
@@ -490,20 +496,27 @@ pub(crate) fn decide(
         }
     }
     decider.out.now = now;
-    let evaluated_again = again.len() as u64;
-    for (ws, profile) in again {
+    for (ws, profile) in failed_here {
         decider.evaluate(ws, profile, None)?;
     }
     // The profiles of batches still out are not queued twice, nor evaluated here meanwhile.
     let held = |k: &Key| evaluator.as_ref().is_some_and(|e| e.holds(k));
     let out = evaluator.as_ref().map_or(0, |e| e.held());
+    let apart_from_here = evaluator.as_ref().filter(|e| e.running() && !inline);
+    // As many batches as the evaluator has room for: with only one, the batch the thread evaluates while the
+    // projector writes the other would be missing whenever both came back to one pass.
+    let take = match apart_from_here {
+        None => limit,
+        Some(ev) if ev.room() > 0 => ev.room() * crate::evaluator::BATCH,
+        Some(_) => 0,
+    };
     let rows: Vec<Key> = tx
         .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
-        .query_map([(limit + out) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([(take + out) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let queued = rows.into_iter().filter(|k| !held(k)).take(limit);
-    match evaluator.as_ref().filter(|e| e.running() && !inline) {
-        Some(ev) if ev.has_room() => hand_out = queued.collect(),
+    let queued = rows.into_iter().filter(|k| !held(k)).take(take);
+    match apart_from_here {
+        Some(ev) if ev.room() > 0 => hand_out = queued.collect(),
         Some(_) => {}
         None => {
             for (ws, profile) in queued {
@@ -523,7 +536,7 @@ pub(crate) fn decide(
         emitted,
         remaining,
         apart,
-        again: evaluated_again,
+        again,
     };
     Ok((decided, hand_out))
 }

@@ -8,9 +8,9 @@
 //! profile, begun after the batch was handed out), so the projector numbers its
 //! commits and remembers, while batches are out, which profiles each commit touched and whether it changed
 //! the definitions or ran a step of a backfill. An assessment of a profile touched after its batch was handed
-//! out (or of any profile, after such a change) is dropped, and that profile is evaluated again by the
-//! projector itself at once: every profile handed out is decided in the pass that takes its batch back,
-//! either way.
+//! out (or of any profile, after such a change) is dropped, and that profile stays queued for a later batch,
+//! which reads it again: the projector's own thread, the one that applies events, does not evaluate it in
+//! the meantime.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -25,6 +25,9 @@ use crate::StoreError;
 
 /// Batches out at once: one evaluated while the projector writes the other.
 pub(crate) const IN_FLIGHT: usize = 2;
+
+/// Profiles in a batch.
+pub(crate) const BATCH: usize = 2_000;
 
 /// A profile of a workspace: (workspace key, profile key).
 pub(crate) type Key = (i64, i64);
@@ -97,9 +100,9 @@ impl Evaluator {
         })
     }
 
-    /// Whether another batch may be handed out.
-    pub(crate) fn has_room(&self) -> bool {
-        self.out.len() + self.ready.len() < IN_FLIGHT
+    /// How many more batches may be handed out.
+    pub(crate) fn room(&self) -> usize {
+        IN_FLIGHT.saturating_sub(self.out.len() + self.ready.len())
     }
 
     /// How many profiles are in batches out or ready.
@@ -112,8 +115,15 @@ impl Evaluator {
         self.handed.contains(key)
     }
 
-    /// Hands out `profiles` to be evaluated at `now`, each read after every commit counted so far.
+    /// Hands out `profiles` to be evaluated at `now`, each read after every commit counted so far, in batches
+    /// of [`BATCH`] (as many as there is [`Evaluator::room`] for).
     pub(crate) fn hand_out(&mut self, now: Millis, profiles: Vec<Key>) {
+        for batch in profiles.chunks(BATCH) {
+            self.hand_out_batch(now, batch.to_vec());
+        }
+    }
+
+    fn hand_out_batch(&mut self, now: Millis, profiles: Vec<Key>) {
         let Some(jobs) = &self.jobs else { return };
         if profiles.is_empty() {
             return;
@@ -127,7 +137,7 @@ impl Evaluator {
         let commit = job.commit;
         match jobs.try_send(job) {
             Ok(()) => self.out.push_back(commit),
-            // Never full (`has_room`), and the thread ends only with this side: its profiles stay queued.
+            // Never full (`room`), and the thread ends only with this side: its profiles stay queued.
             Err(e) => {
                 let job = match e {
                     std::sync::mpsc::TrySendError::Full(j)
@@ -308,7 +318,7 @@ mod tests {
             "an empty database has no profiles table"
         );
         assert!(!ev.holds(&(1, 7)));
-        assert!(ev.has_room());
+        assert_eq!(ev.room(), super::IN_FLIGHT);
     }
 
     /// What a commit touched is kept only while a batch handed out before it is out or waiting to be written.
