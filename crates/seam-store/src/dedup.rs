@@ -175,8 +175,8 @@ enum Filtering {
 }
 
 impl Filtering {
-    /// Starts making the filter from the log at `path`, whose table holds every key it will ever hold before
-    /// the generations frozen from now on.
+    /// Starts making the filter from the table of the log at `path`. Every key written to the table after this
+    /// is of a generation frozen after it, which [`Filtering::insert`] is given.
     fn start(path: Option<&str>, expected: usize) -> Self {
         let Some(path) = path.filter(|p| !p.is_empty()).map(std::path::PathBuf::from) else {
             return Filtering::Off;
@@ -580,7 +580,8 @@ mod tests {
         );
         assert_eq!(round(&mut conn, &mut ids, &["d"], false), [true]);
         drop(ids);
-        // Restarted: "a" to "d" on disk, the filter being made while two more generations freeze.
+        // Restarted: "a" to "c" on disk, "d" read back from the log; the filter is made while two more
+        // generations freeze ("d" to "f", then "g" and "h").
         let mut ids = MessageIds::load(&mut conn, 2).unwrap();
         assert!(matches!(ids.on_disk, super::Filtering::Loading(..)));
         assert_eq!(
@@ -592,7 +593,7 @@ mod tests {
         let super::Filtering::Ready(filter) = &ids.on_disk else {
             panic!("made: {:?}", ids.on_disk);
         };
-        for id in ["a", "b", "c", "d", "e", "f"] {
+        for id in ["a", "b", "c", "d", "e", "f", "g", "h"] {
             assert!(filter.may_hold(key(1, id)), "{id}");
         }
         let again = ["a", "d", "f", "h", "i"];
