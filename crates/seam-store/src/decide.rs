@@ -510,10 +510,13 @@ pub(crate) fn decide(
         Some(ev) if ev.room() > 0 => ev.room() * crate::evaluator::BATCH,
         Some(_) => 0,
     };
-    let rows: Vec<Key> = tx
-        .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
-        .query_map([(take + out) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<Key> = match take {
+        0 => Vec::new(),
+        _ => tx
+            .prepare_cached("SELECT ws, profile FROM pending_evaluations LIMIT ?1")?
+            .query_map([(take + out) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?,
+    };
     let queued = rows.into_iter().filter(|k| !held(k)).take(take);
     match apart_from_here {
         Some(ev) if ev.room() > 0 => hand_out = queued.collect(),

@@ -345,7 +345,7 @@ impl MessageIds {
 
     /// Whether the log holds `k` already (or it was added in this group commit).
     #[cfg(test)]
-    pub(crate) fn contains(&mut self, conn: &Connection, k: Key) -> Result<bool, StoreError> {
+    pub(crate) fn contains(&self, conn: &Connection, k: Key) -> Result<bool, StoreError> {
         let mut on_disk = conn.prepare_cached(ON_DISK)?;
         self.contains_by(&mut on_disk, k)
     }
@@ -353,7 +353,7 @@ impl MessageIds {
     /// [`MessageIds::contains`], with the statement [`ON_DISK`] prepared by the caller (a group commit prepares
     /// it once for all its events).
     pub(crate) fn contains_by(
-        &mut self,
+        &self,
         on_disk: &mut rusqlite::Statement<'_>,
         k: Key,
     ) -> Result<bool, StoreError> {
@@ -365,7 +365,6 @@ impl MessageIds {
         {
             return Ok(true);
         }
-        self.on_disk.poll(false);
         if !self.on_disk.may_hold(k) {
             return Ok(false);
         }
@@ -408,6 +407,8 @@ impl MessageIds {
     /// disk.
     pub(crate) fn committed(&mut self, written: Written, log_seq: Seq) {
         self.round.clear();
+        // Once a group commit, not once an event: takes the filter if it was made meanwhile.
+        self.on_disk.poll(false);
         if let (Some(f), Some(upto)) = (&mut self.frozen, written.upto) {
             f.written = upto;
             if upto == f.keys.len() {

@@ -28,7 +28,8 @@ const READ_AT_ONCE: usize = 5_000;
 #[cfg(test)]
 const READ_AT_ONCE: usize = 3;
 
-/// Queued profiles evaluated in one decision pass (or handed to the evaluator in one batch).
+/// Queued profiles evaluated in one decision pass on the projector's thread (the evaluator takes them in batches
+/// of `evaluator::BATCH`).
 const EVALUATED_PER_PASS: usize = 2_000;
 
 /// How the log writer and the store tell the projector that there is work (or that it should stop).
