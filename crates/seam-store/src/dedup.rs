@@ -6,11 +6,11 @@
 //! 0.7 GB, and a third of the throughput.
 //!
 //! Here the ids are kept as a 128-bit key (the first 16 bytes of SHA-256 over the workspace and the id) in
-//! three places, checked in this order: `pending`, the keys of events appended since the last generation was
-//! frozen (memory); `frozen`, a generation being written to disk (memory, sorted); and the `message_ids` table
-//! of the log (disk). A generation is frozen once it holds [`GENERATION`] keys and written in key order, a
-//! slice per group commit, so each page of `message_ids` is written about once a generation rather than once
-//! an event. `log_meta.message_ids_through` is the log position up to which every event's key is on disk; it
+//! four places, checked in this order: `pending`, the keys of events appended since the last generation was
+//! frozen (memory); `sorting`, a generation frozen and being sorted on a thread of its own (memory, a set);
+//! `frozen`, a generation being written to disk (memory, sorted); and the `message_ids` table of the log
+//! (disk). A generation is frozen once it holds [`GENERATION`] keys and written in key order, a slice per
+//! group commit, so each page of `message_ids` is written about once a generation rather than once an event. `log_meta.message_ids_through` is the log position up to which every event's key is on disk; it
 //! moves with the generation's last slice, in the same transaction. After a restart the keys of the events
 //! past it are read back from the log: nothing is lost with the memory, and a key written twice is ignored.
 //!
@@ -23,6 +23,7 @@
 //! billion).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use seam_core::Seq;
@@ -30,10 +31,16 @@ use sha2::{Digest, Sha256};
 
 use crate::StoreError;
 
-/// How many keys a generation holds before it is written to disk: at most about 50 MB of memory for the two
-/// generations (the pending set's table and the frozen list), and few enough events to read back after a
-/// restart.
-pub(crate) const GENERATION: usize = 1 << 20;
+/// How many keys a generation holds before it is written to disk: few enough events to read back after a
+/// restart, and with [`ROUND_ROOM`] the most a set of 2²⁰ slots holds (17 MB), so that the pending set never
+/// grows (growing it moved every key while the writer waited: 26 ms at half a million keys, 90 ms at twice
+/// that). About 50 MB in all: the pending set, the set of the generation being sorted, and the sorted list.
+pub(crate) const GENERATION: usize = 880_000;
+
+/// The keys a group commit may add to a whole generation before it is frozen: the largest group commit by
+/// default (20,000 events) and the batch that ends it, with room to spare. A larger one makes the set grow,
+/// once.
+const ROUND_ROOM: usize = 37_504;
 
 /// The fewest keys of a frozen generation written with a group commit; it writes at least twice as many as
 /// the commit appended, so a generation is on disk before the next one fills.
@@ -164,7 +171,7 @@ impl OnDisk {
 /// keys takes seconds), during which every lookup goes to the table.
 #[derive(Debug)]
 enum Filtering {
-    /// Being made; the keys of the generations frozen meanwhile go in once it is.
+    /// Being made; the keys written to the table meanwhile go in once it is.
     Loading(
         std::sync::mpsc::Receiver<Result<OnDisk, StoreError>>,
         Vec<Key>,
@@ -176,7 +183,7 @@ enum Filtering {
 
 impl Filtering {
     /// Starts making the filter from the table of the log at `path`. Every key written to the table after this
-    /// is of a generation frozen after it, which [`Filtering::insert`] is given.
+    /// is given to [`Filtering::insert`] (a slice of a generation at a time).
     fn start(path: Option<&str>, expected: usize) -> Self {
         let Some(path) = path.filter(|p| !p.is_empty()).map(std::path::PathBuf::from) else {
             return Filtering::Off;
@@ -251,6 +258,15 @@ impl Filtering {
     }
 }
 
+/// A generation being sorted on a thread of its own (sorting 900,000 keys took 35 – 70 ms, which the writer
+/// spent holding back the next group commit); meanwhile its keys are looked up in its set.
+#[derive(Debug)]
+struct Sorting {
+    keys: Arc<HashSet<Key>>,
+    through: Seq,
+    sorted: std::thread::JoinHandle<Vec<Key>>,
+}
+
 /// A generation on its way to disk.
 #[derive(Debug)]
 struct Frozen {
@@ -275,12 +291,19 @@ pub(crate) struct MessageIds {
     pending: HashSet<Key>,
     /// The keys added in the group commit under way (also in `pending`).
     round: Vec<Key>,
+    sorting: Option<Sorting>,
     frozen: Option<Frozen>,
-    /// Every key of the `message_ids` table, and those of the frozen generation.
+    /// The set of the last generation sorted, emptied: the next pending set, so that a set's memory is
+    /// allocated (and first touched) once.
+    spare: Option<HashSet<Key>>,
+    /// Every key of the `message_ids` table.
     on_disk: Filtering,
     generation: usize,
     /// [`SLICE_AT_LEAST`], smaller in tests.
     slice_at_least: usize,
+    /// Tests: a generation frozen is sorted before the group commit that froze it ends.
+    #[cfg(test)]
+    sort_at_once: bool,
 }
 
 impl MessageIds {
@@ -293,12 +316,16 @@ impl MessageIds {
             |r| r.get(0),
         )?;
         let mut ids = Self {
-            pending: HashSet::new(),
+            pending: HashSet::with_capacity(generation + ROUND_ROOM),
             round: Vec::new(),
+            sorting: None,
             frozen: None,
+            spare: None,
             on_disk: Filtering::Off,
             generation,
             slice_at_least: SLICE_AT_LEAST,
+            #[cfg(test)]
+            sort_at_once: false,
         };
         let mut from = through;
         loop {
@@ -358,6 +385,7 @@ impl MessageIds {
         k: Key,
     ) -> Result<bool, StoreError> {
         if self.pending.contains(&k)
+            || self.sorting.as_ref().is_some_and(|s| s.keys.contains(&k))
             || self
                 .frozen
                 .as_ref()
@@ -389,13 +417,17 @@ impl MessageIds {
     }
 
     /// Writes the next slice of the frozen generation in the group commit `conn` is in: at least twice as many
-    /// keys as the commit added. The last slice also moves `message_ids_through`.
-    pub(crate) fn write_slice(&self, conn: &Connection) -> Result<Written, StoreError> {
+    /// keys as the commit added. The last slice also moves `message_ids_through`. Its keys go into the filter
+    /// first, so that it holds every key the table holds (if the commit fails they stay there, which only
+    /// sends a lookup to the table).
+    pub(crate) fn write_slice(&mut self, conn: &Connection) -> Result<Written, StoreError> {
         let Some(f) = &self.frozen else {
             return Ok(Written::default());
         };
         let upto = (f.written + (2 * self.round.len()).max(self.slice_at_least)).min(f.keys.len());
-        insert(conn, &f.keys[f.written..upto])?;
+        let slice = &f.keys[f.written..upto];
+        self.on_disk.insert(slice);
+        insert(conn, slice)?;
         if upto == f.keys.len() {
             set_through(conn, f.through)?;
         }
@@ -403,8 +435,8 @@ impl MessageIds {
     }
 
     /// After a group commit succeeded, with the log now ending at `log_seq`: records what it wrote of the
-    /// frozen generation, and freezes the pending keys once they make a generation and the previous one is on
-    /// disk.
+    /// frozen generation; takes the generation being sorted once it is sorted (and the previous one is on
+    /// disk); and starts sorting the pending keys once they make a generation and no other is on its way.
     pub(crate) fn committed(&mut self, written: Written, log_seq: Seq) {
         self.round.clear();
         // Once a group commit, not once an event: takes the filter if it was made meanwhile.
@@ -415,17 +447,68 @@ impl MessageIds {
                 self.frozen = None;
             }
         }
-        if self.frozen.is_none() && self.pending.len() >= self.generation {
-            let mut keys: Vec<Key> = self.pending.drain().collect();
-            keys.sort_unstable();
-            // Into the filter before any of them is on disk: it holds every key the table holds.
-            self.on_disk.insert(&keys);
-            self.frozen = Some(Frozen {
+        if self.sorting.is_none() && self.frozen.is_none() && self.pending.len() >= self.generation
+        {
+            let next = self
+                .spare
+                .take()
+                .unwrap_or_else(|| HashSet::with_capacity(self.generation + ROUND_ROOM));
+            let keys = Arc::new(std::mem::replace(&mut self.pending, next));
+            let to_sort = keys.clone();
+            self.sorting = Some(Sorting {
                 keys,
-                written: 0,
                 through: log_seq,
+                sorted: std::thread::spawn(move || {
+                    let mut sorted: Vec<Key> = to_sort.iter().copied().collect();
+                    sorted.sort_unstable();
+                    sorted
+                }),
             });
+            #[cfg(test)]
+            if self.sort_at_once {
+                self.take_sorted(true);
+            }
         }
+        self.take_sorted(false);
+    }
+
+    /// Moves the generation being sorted to `frozen` once it is sorted (`wait`: waits for that).
+    fn take_sorted(&mut self, wait: bool) {
+        if self.frozen.is_some()
+            || !self
+                .sorting
+                .as_ref()
+                .is_some_and(|s| wait || s.sorted.is_finished())
+        {
+            return;
+        }
+        let Some(Sorting {
+            keys,
+            through,
+            sorted,
+        }) = self.sorting.take()
+        else {
+            return;
+        };
+        let keys_sorted = match sorted.join() {
+            Ok(sorted) => sorted,
+            // Never expected (sorting does not panic); sorted here instead.
+            Err(_) => {
+                let mut sorted: Vec<Key> = keys.iter().copied().collect();
+                sorted.sort_unstable();
+                sorted
+            }
+        };
+        // The thread's handle on the set is gone with it.
+        if let Ok(mut set) = Arc::try_unwrap(keys) {
+            set.clear();
+            self.spare = Some(set);
+        }
+        self.frozen = Some(Frozen {
+            keys: keys_sorted,
+            written: 0,
+            through,
+        });
     }
 }
 
@@ -456,6 +539,14 @@ mod tests {
         let mut conn = Connection::open(dir.join("log.db")).unwrap();
         migrate(&mut conn, LOG_MIGRATIONS).unwrap();
         conn
+    }
+
+    /// The ids of the log in `conn`, each generation sorted before the group commit that froze it ends (so
+    /// that a test knows which commit writes it).
+    fn load(conn: &mut Connection, generation: usize) -> MessageIds {
+        let mut ids = MessageIds::load(conn, generation).unwrap();
+        ids.sort_at_once = true;
+        ids
     }
 
     /// One group commit as the writer makes it: each id appended unless the log holds it; returns which were.
@@ -513,7 +604,7 @@ mod tests {
     fn an_id_sent_again_is_found_pending_frozen_on_disk_and_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = log(dir.path());
-        let mut ids = MessageIds::load(&mut conn, 4).unwrap();
+        let mut ids = load(&mut conn, 4);
         assert_eq!(
             round(&mut conn, &mut ids, &["a", "b", "a"], false),
             [true, true, false]
@@ -538,7 +629,7 @@ mod tests {
         );
         // After a restart the keys past the mark are read back from the log.
         drop(ids);
-        let mut ids = MessageIds::load(&mut conn, 4).unwrap();
+        let mut ids = load(&mut conn, 4);
         assert_eq!(ids.pending.len(), 2);
         let again = ["a", "b", "c", "d", "e", "f", "g"];
         assert_eq!(
@@ -568,22 +659,22 @@ mod tests {
         assert!(passed < 2_500, "{passed} of 100,000 passed");
     }
 
-    /// The filter is made from the table on a thread of its own; the keys of a generation frozen meanwhile go
-    /// in once it is made, so it passes every key on disk, and an id sent again is found either way.
+    /// The filter is made from the table on a thread of its own; the keys written to the table meanwhile go in
+    /// once it is made, so it passes every key on disk, and an id sent again is found either way.
     #[test]
-    fn the_filter_made_meanwhile_holds_the_generations_frozen_while_it_was_made() {
+    fn the_filter_made_meanwhile_holds_the_keys_written_while_it_was_made() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = log(dir.path());
-        let mut ids = MessageIds::load(&mut conn, 2).unwrap();
+        let mut ids = load(&mut conn, 2);
         assert_eq!(
             round(&mut conn, &mut ids, &["a", "b", "c"], false),
             [true; 3]
         );
         assert_eq!(round(&mut conn, &mut ids, &["d"], false), [true]);
         drop(ids);
-        // Restarted: "a" to "c" on disk, "d" read back from the log; the filter is made while two more
-        // generations freeze ("d" to "f", then "g" and "h").
-        let mut ids = MessageIds::load(&mut conn, 2).unwrap();
+        // Restarted: "a" to "c" on disk, "d" read back from the log; the filter is made while "d" to "f" freeze
+        // and go to disk, and "g" and "h" freeze.
+        let mut ids = load(&mut conn, 2);
         assert!(matches!(ids.on_disk, super::Filtering::Loading(..)));
         assert_eq!(
             round(&mut conn, &mut ids, &["e", "f", "a"], false),
@@ -594,9 +685,10 @@ mod tests {
         let super::Filtering::Ready(filter) = &ids.on_disk else {
             panic!("made: {:?}", ids.on_disk);
         };
-        for id in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        for id in ["a", "b", "c", "d", "e", "f"] {
             assert!(filter.may_hold(key(1, id)), "{id}");
         }
+        assert!(ids.frozen.is_some());
         let again = ["a", "d", "f", "h", "i"];
         assert_eq!(
             round(&mut conn, &mut ids, &again, false),
@@ -604,11 +696,40 @@ mod tests {
         );
     }
 
+    /// A generation frozen is sorted on a thread of its own while group commits go on: its ids are found
+    /// meanwhile, it goes to disk once sorted, and its emptied set is the next pending one.
+    #[test]
+    fn a_generation_is_sorted_apart_while_group_commits_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = log(dir.path());
+        let mut ids = MessageIds::load(&mut conn, 3).unwrap();
+        assert_eq!(
+            round(&mut conn, &mut ids, &["a", "b", "c"], false),
+            [true; 3]
+        );
+        assert!(ids.pending.is_empty());
+        assert!(ids.sorting.is_some() || ids.frozen.is_some());
+        assert_eq!(
+            round(&mut conn, &mut ids, &["a", "d"], false),
+            [false, true]
+        );
+        ids.take_sorted(true);
+        assert!(ids.sorting.is_none());
+        assert!(ids.spare.is_some());
+        assert_eq!(
+            round(&mut conn, &mut ids, &["b", "e"], false),
+            [false, true]
+        );
+        assert_eq!((on_disk(&conn), through(&conn)), (3, 3));
+        assert!(ids.frozen.is_none());
+        assert_eq!(ids.pending.len(), 2);
+    }
+
     #[test]
     fn a_group_commit_that_failed_leaves_no_key_behind() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = log(dir.path());
-        let mut ids = MessageIds::load(&mut conn, 1_000).unwrap();
+        let mut ids = load(&mut conn, 1_000);
         assert_eq!(
             round(&mut conn, &mut ids, &["a", "b"], true),
             [false, false]
@@ -632,7 +753,7 @@ mod tests {
             .unwrap();
         }
         migrate(&mut conn, LOG_MIGRATIONS).unwrap();
-        let mut ids = MessageIds::load(&mut conn, 4).unwrap();
+        let mut ids = load(&mut conn, 4);
         // Two whole generations went to disk while loading; the last two keys wait in memory.
         assert_eq!(
             (on_disk(&conn), through(&conn), ids.pending.len()),
@@ -651,11 +772,12 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the generation size, failures and restarts: the log holds each id once, in the order it
-        /// was first sent in a commit that succeeded, and a round says so of each id.
+        /// Whatever the generation size, failures, restarts and how long sorting takes: the log holds each id
+        /// once, in the order it was first sent in a commit that succeeded, and a round says so of each id.
         #[test]
         fn the_log_holds_each_id_once(
             generation in 1usize..6,
+            sort_at_once in any::<bool>(),
             ops in prop::collection::vec(prop_oneof![
                 6 => (prop::collection::vec(0u8..24, 0..6), prop::bool::weighted(0.15)).prop_map(|(b, f)| Op::Round(b, f)),
                 1 => Just(Op::Restart),
@@ -664,7 +786,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let mut conn = log(dir.path());
             let load = |conn: &mut Connection| {
-                let mut ids = MessageIds::load(conn, generation).unwrap();
+                let mut ids = load(conn, generation);
+                ids.sort_at_once = sort_at_once;
                 // Slices of one key: generations stay frozen over several rounds and restarts.
                 ids.slice_at_least = 1;
                 ids

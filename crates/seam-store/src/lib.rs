@@ -240,7 +240,7 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<
             | OpenFlags::SQLITE_OPEN_URI
     };
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    wait_for_locks(&conn, LockWait::Long)?;
     // Every statement the projector runs stays prepared (it runs well over a hundred distinct ones).
     conn.set_prepared_statement_cache_capacity(256);
     if !read_only {
@@ -270,6 +270,56 @@ pub(crate) fn write_projections(
 
 /// How long a connection waits for another's lock before its statement fails with "database is locked".
 pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a connection waits for another's lock: [`BUSY_TIMEOUT`], or [`writer::RESTART_WAIT`] for one
+/// that holds others back while it waits (a WAL being started over).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LockWait {
+    Long,
+    Brief,
+}
+
+/// Makes `conn` wait for another connection's lock as `wait` says, trying again every 100 µs for the first
+/// 10 ms and every millisecond after that. SQLite's own handler sleeps 1, 2, 5, 10, 15, 20 ms… between tries,
+/// so a group commit that met a lock held for a millisecond (a WAL being started over) went on 18 ms or more
+/// later.
+pub(crate) fn wait_for_locks(conn: &Connection, wait: LockWait) -> rusqlite::Result<()> {
+    fn long(tries: i32) -> bool {
+        try_again(tries, BUSY_TIMEOUT)
+    }
+    fn brief(tries: i32) -> bool {
+        try_again(tries, writer::RESTART_WAIT)
+    }
+    conn.busy_handler(Some(match wait {
+        LockWait::Long => long,
+        LockWait::Brief => brief,
+    }))
+}
+
+/// Whether to try a locked database again after `tries` tries, waiting at most about `limit` in all (the
+/// sleeps themselves may run a little longer than asked).
+fn try_again(tries: i32, limit: std::time::Duration) -> bool {
+    let Some(step) = next_wait(tries, limit) else {
+        return false;
+    };
+    std::thread::sleep(step);
+    true
+}
+
+/// How long to sleep before the next try, after `tries` tries, or `None` once `limit` is spent.
+fn next_wait(tries: i32, limit: std::time::Duration) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    const FINE: u32 = 100;
+    const FINE_STEP: Duration = Duration::from_micros(100);
+    const STEP: Duration = Duration::from_millis(1);
+    let tries = u32::try_from(tries).unwrap_or(0);
+    let (waited, step) = if tries < FINE {
+        (FINE_STEP * tries, FINE_STEP)
+    } else {
+        (FINE_STEP * FINE + STEP * (tries - FINE), STEP)
+    };
+    (waited < limit).then_some(step)
+}
 
 /// A read-only connection on the log with the projections attached as `p`.
 pub(crate) fn open_reader(dir: &Path) -> rusqlite::Result<Connection> {
@@ -586,4 +636,23 @@ pub fn dump_projections(data_dir: &Path) -> Result<String, StoreError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::next_wait;
+
+    #[test]
+    fn a_locked_database_is_tried_again_finely_at_first_then_each_millisecond_until_the_limit() {
+        let limit = Duration::from_millis(15);
+        let waits: Vec<Duration> = (0..).map_while(|t| next_wait(t, limit)).collect();
+        assert_eq!(waits[0], Duration::from_micros(100));
+        assert_eq!(waits[99], Duration::from_micros(100));
+        assert_eq!(waits[100], Duration::from_millis(1));
+        assert_eq!(waits.len(), 105);
+        assert_eq!(waits.iter().sum::<Duration>(), limit);
+        assert_eq!(next_wait(0, Duration::ZERO), None);
+    }
 }

@@ -280,16 +280,14 @@ impl Projector {
             ..PROJECTIONS_WAL_LIMITS
         };
         // Waiting for readers (an export, say) only briefly, as the checkpointer threads do.
-        let done = self
-            .conn
-            .busy_timeout(crate::writer::RESTART_WAIT)
+        let done = crate::wait_for_locks(&self.conn, crate::LockWait::Brief)
             .map_err(StoreError::from)
             .and_then(|()| checkpoint(&self.conn, &w.path, own, &stats.projections_wal_held));
         match done {
             Ok(done) => done.count(stats),
             Err(e) => tracing::warn!(error = %e, "starting the projections' WAL over failed"),
         }
-        if let Err(e) = self.conn.busy_timeout(crate::BUSY_TIMEOUT) {
+        if let Err(e) = crate::wait_for_locks(&self.conn, crate::LockWait::Long) {
             tracing::warn!(error = %e, "restoring the projections' busy timeout failed");
         }
     }

@@ -558,7 +558,7 @@ impl Checkpointer {
                             return;
                         };
                         // Starting the WAL over holds new writes back while it waits for readers: briefly.
-                        if conn.busy_timeout(RESTART_WAIT).is_err() {
+                        if crate::wait_for_locks(&conn, crate::LockWait::Brief).is_err() {
                             return;
                         }
                         loop {
