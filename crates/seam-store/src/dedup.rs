@@ -264,7 +264,15 @@ impl Filtering {
 struct Sorting {
     keys: Arc<HashSet<Key>>,
     through: Seq,
-    sorted: std::thread::JoinHandle<Vec<Key>>,
+    /// `None` if the thread could not be started: the writer sorts it when it takes it.
+    sorted: Option<std::thread::JoinHandle<Vec<Key>>>,
+}
+
+/// The keys of `set`, sorted.
+fn sorted_keys(set: &HashSet<Key>) -> Vec<Key> {
+    let mut sorted: Vec<Key> = set.iter().copied().collect();
+    sorted.sort_unstable();
+    sorted
 }
 
 /// A generation on its way to disk.
@@ -455,14 +463,15 @@ impl MessageIds {
                 .unwrap_or_else(|| HashSet::with_capacity(self.generation + ROUND_ROOM));
             let keys = Arc::new(std::mem::replace(&mut self.pending, next));
             let to_sort = keys.clone();
+            let sorted = std::thread::Builder::new()
+                .name("seam-id-sort".into())
+                .spawn(move || sorted_keys(&to_sort))
+                .map_err(|e| tracing::warn!(error = %e, "messageIds could not be sorted on a thread of their own; the log writer sorts them"))
+                .ok();
             self.sorting = Some(Sorting {
                 keys,
                 through: log_seq,
-                sorted: std::thread::spawn(move || {
-                    let mut sorted: Vec<Key> = to_sort.iter().copied().collect();
-                    sorted.sort_unstable();
-                    sorted
-                }),
+                sorted,
             });
             #[cfg(test)]
             if self.sort_at_once {
@@ -474,12 +483,8 @@ impl MessageIds {
 
     /// Moves the generation being sorted to `frozen` once it is sorted (`wait`: waits for that).
     fn take_sorted(&mut self, wait: bool) {
-        if self.frozen.is_some()
-            || !self
-                .sorting
-                .as_ref()
-                .is_some_and(|s| wait || s.sorted.is_finished())
-        {
+        let ready = |s: &Sorting| wait || s.sorted.as_ref().is_none_or(|h| h.is_finished());
+        if self.frozen.is_some() || !self.sorting.as_ref().is_some_and(ready) {
             return;
         }
         let Some(Sorting {
@@ -490,14 +495,10 @@ impl MessageIds {
         else {
             return;
         };
-        let keys_sorted = match sorted.join() {
-            Ok(sorted) => sorted,
-            // Never expected (sorting does not panic); sorted here instead.
-            Err(_) => {
-                let mut sorted: Vec<Key> = keys.iter().copied().collect();
-                sorted.sort_unstable();
-                sorted
-            }
+        let keys_sorted = match sorted.map(std::thread::JoinHandle::join) {
+            Some(Ok(sorted)) => sorted,
+            // The thread could not be started (or, never expected, panicked): sorted here.
+            None | Some(Err(_)) => sorted_keys(&keys),
         };
         // The thread's handle on the set is gone with it.
         if let Ok(mut set) = Arc::try_unwrap(keys) {
