@@ -770,10 +770,15 @@ impl<'t> Decider<'t> {
                         None => json!({ "url": m.address, "event": run.trigger }),
                         Some(t) => self.render(ws, who, run, t, m.channel, &m.key),
                     };
-                    messages.push(json!({
-                        "key": m.key, "node": m.node, "channel": m.channel, "address": m.address,
-                        "category": m.category, "topic": m.topic, "content": content,
-                    }));
+                    messages.push(object([
+                        ("key", json!(m.key)),
+                        ("node", json!(m.node)),
+                        ("channel", json!(m.channel)),
+                        ("address", json!(m.address)),
+                        ("category", json!(m.category)),
+                        ("topic", json!(m.topic)),
+                        ("content", content),
+                    ]));
                     effects.push(json!({"sent": m.key, "node": m.node, "channel": m.channel}));
                 }
                 Effect::UpdateTraits(traits) => {
@@ -793,11 +798,15 @@ impl<'t> Decider<'t> {
             at: self.now,
         };
         step.apply(self.tx, ws, &mut self.counts)?;
-        let props = json!({
-            "run": run.id, "journey": run.journey, "version": run.version,
-            "profile_id": ProfileId::from_seq(who.profile),
-            "state": state, "effects": effects, "messages": messages,
-        });
+        let props = object([
+            ("run", json!(run.id)),
+            ("journey", json!(run.journey)),
+            ("version", json!(run.version)),
+            ("profile_id", json!(ProfileId::from_seq(who.profile))),
+            ("state", state),
+            ("effects", Value::Array(effects)),
+            ("messages", Value::Array(messages)),
+        ]);
         self.append(ws, props, &format!("{}:{}", run.id, run.step))
     }
 
@@ -849,7 +858,12 @@ impl<'t> Decider<'t> {
             |t| json!({"name": t.name, "properties": t.properties}),
         );
         let ctx = template::context(
-            json!({"id": run.profile, "traits": traits, "computed": computed, "segments": who.segments}),
+            object([
+                ("id", json!(run.profile)),
+                ("traits", Value::Object(traits)),
+                ("computed", computed),
+                ("segments", json!(who.segments)),
+            ]),
             event,
             json!({"channel": channel.as_str(), "journey": run.journey, "id": key}),
         );
@@ -990,6 +1004,16 @@ impl Step<'_> {
         }
         Ok(())
     }
+}
+
+/// A JSON object of `entries`, their values moved in (`json!` would copy each `Value` through its serialiser).
+fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Object(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    )
 }
 
 /// Applies a `journey_step` to the projections: the run, its messages, the statistics (added to `counts`), a
