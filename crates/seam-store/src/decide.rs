@@ -236,13 +236,14 @@ impl<'t> Recorder<'t> {
             kind.as_str(),
             self.decisions
         );
-        let mut props = serde_json::Map::new();
-        props.insert("segment_id".into(), id.into());
-        props.insert("segment".into(), name.into());
-        props.insert(
-            "profile_id".into(),
-            String::from(ProfileId::from_seq(profile)).into(),
-        );
+        let props = crate::outbox::properties([
+            ("segment_id", id.into()),
+            ("segment", name.into()),
+            (
+                "profile_id",
+                String::from(ProfileId::from_seq(profile)).into(),
+            ),
+        ]);
         let event = Event::system(message_id, kind, now, props);
         self.emitted.push(Emitted::to_outbox(tx, ws, event)?);
         Ok(())
@@ -428,12 +429,11 @@ impl Assessment {
 
 /// Evaluates up to `limit` queued profiles at `now` (those of a backlog, of a computed trait's backfill, of a
 /// due timer) and records the membership changes. With an `evaluator`, the queued profiles are handed to it
-/// instead, in batches (as many as it has room for), and what it found for the batches back since
-/// is written here (a profile changed since its batch was handed out stays queued; the profiles of a batch that
-/// failed are evaluated here, at `now`); `inline` evaluates the
-/// queued profiles here all the same (while a backfill step, writing memberships over a range of profiles, may
-/// run between a batch's snapshot and its return). Returns the profiles to hand out once this transaction has
-/// committed.
+/// instead, in batches (as many as it has room for), and what it found for the batches back since is written
+/// here (a profile changed since its batch was handed out stays queued; the profiles of a batch that failed
+/// are evaluated here, at `now`); `inline` evaluates the queued profiles here all the same (while a backfill
+/// step, writing memberships over a range of profiles, may run between a batch's snapshot and its return).
+/// Returns the profiles to hand out once this transaction has committed.
 pub(crate) fn decide(
     conn: &mut Connection,
     now: Millis,

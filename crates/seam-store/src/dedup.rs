@@ -484,15 +484,15 @@ impl MessageIds {
 
     /// Moves the generation being sorted to `frozen` once it is sorted (`wait`: waits for that).
     fn take_sorted(&mut self, wait: bool) {
-        let ready = |s: &Sorting| wait || s.sorted.as_ref().is_none_or(|h| h.is_finished());
-        if self.frozen.is_some() || !self.sorting.as_ref().is_some_and(ready) {
+        if self.frozen.is_some() {
             return;
         }
+        let ready = |s: &mut Sorting| wait || s.sorted.as_ref().is_none_or(|h| h.is_finished());
         let Some(Sorting {
             keys,
             through,
             sorted,
-        }) = self.sorting.take()
+        }) = self.sorting.take_if(ready)
         else {
             return;
         };

@@ -25,7 +25,7 @@ use seam_journeys::{local, Category, Channel};
 use serde_json::{json, Map, Value};
 
 use crate::decide::Decided;
-use crate::outbox::Emitted;
+use crate::outbox::{properties, Emitted};
 use crate::process::text;
 use crate::segments::{person_profile, track_events, PersonData};
 use crate::{StoreError, WorkspaceKey};
@@ -770,7 +770,7 @@ impl<'t> Decider<'t> {
                         None => json!({ "url": m.address, "event": run.trigger }),
                         Some(t) => self.render(ws, who, run, t, m.channel, &m.key),
                     };
-                    messages.push(object([
+                    messages.push(Value::Object(properties([
                         ("key", json!(m.key)),
                         ("node", json!(m.node)),
                         ("channel", json!(m.channel)),
@@ -778,7 +778,7 @@ impl<'t> Decider<'t> {
                         ("category", json!(m.category)),
                         ("topic", json!(m.topic)),
                         ("content", content),
-                    ]));
+                    ])));
                     effects.push(json!({"sent": m.key, "node": m.node, "channel": m.channel}));
                 }
                 Effect::UpdateTraits(traits) => {
@@ -798,7 +798,7 @@ impl<'t> Decider<'t> {
             at: self.now,
         };
         step.apply(self.tx, ws, &mut self.counts)?;
-        let props = object([
+        let props = Value::Object(properties([
             ("run", json!(run.id)),
             ("journey", json!(run.journey)),
             ("version", json!(run.version)),
@@ -806,7 +806,7 @@ impl<'t> Decider<'t> {
             ("state", state),
             ("effects", Value::Array(effects)),
             ("messages", Value::Array(messages)),
-        ]);
+        ]));
         self.append(ws, props, &format!("{}:{}", run.id, run.step))
     }
 
@@ -858,12 +858,12 @@ impl<'t> Decider<'t> {
             |t| json!({"name": t.name, "properties": t.properties}),
         );
         let ctx = template::context(
-            object([
+            Value::Object(properties([
                 ("id", json!(run.profile)),
                 ("traits", Value::Object(traits)),
                 ("computed", computed),
                 ("segments", json!(who.segments)),
-            ]),
+            ])),
             event,
             json!({"channel": channel.as_str(), "journey": run.journey, "id": key}),
         );
@@ -1004,16 +1004,6 @@ impl Step<'_> {
         }
         Ok(())
     }
-}
-
-/// A JSON object of `entries`, their values moved in (`json!` would copy each `Value` through its serialiser).
-fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    Value::Object(
-        entries
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-    )
 }
 
 /// Applies a `journey_step` to the projections: the run, its messages, the statistics (added to `counts`), a

@@ -24,6 +24,17 @@ pub(crate) struct Emitted {
     pub row: i64,
 }
 
+/// The properties of an event Seam emits, their values moved in (`json!` would copy each `Value` given to it
+/// through its serialiser, a map insert per field).
+pub(crate) fn properties<const N: usize>(
+    entries: [(&str, serde_json::Value); N],
+) -> serde_json::Map<String, serde_json::Value> {
+    entries
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}
+
 impl Emitted {
     /// Writes a decided event to the outbox (in the decision's transaction), to be appended to the log.
     pub(crate) fn to_outbox(conn: &Connection, ws: i64, event: Event) -> Result<Self, StoreError> {

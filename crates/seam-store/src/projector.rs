@@ -288,7 +288,7 @@ impl Projector {
             Err(e) => tracing::warn!(error = %e, "starting the projections' WAL over failed"),
         }
         if let Err(e) = crate::wait_for_locks(&self.conn, crate::LockWait::Long) {
-            tracing::warn!(error = %e, "restoring the projections' busy timeout failed");
+            tracing::warn!(error = %e, "restoring the projections' wait for locks failed");
         }
     }
 
