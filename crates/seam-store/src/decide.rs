@@ -441,6 +441,19 @@ pub(crate) fn decide(
     mut evaluator: Option<&mut Evaluator>,
     inline: bool,
 ) -> Result<(Decided, Vec<Key>), StoreError> {
+    // Most passes of a workspace without segments have nothing to decide: found out without a write
+    // transaction, whose commit would cost a flush of the projections' WAL each pass.
+    if evaluator.as_ref().is_none_or(|e| e.held() == 0) {
+        let work: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM pending_evaluations)
+                     OR EXISTS (SELECT 1 FROM segment_timers WHERE due <= ?1)",
+            )?
+            .query_row([now], |r| r.get(0))?;
+        if !work {
+            return Ok((Decided::default(), Vec::new()));
+        }
+    }
     let tx = crate::write_projections(conn)?;
     tx.execute(
         "INSERT OR IGNORE INTO pending_evaluations (ws, profile) SELECT ws, profile FROM segment_timers WHERE due <= ?1",
