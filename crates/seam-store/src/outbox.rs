@@ -3,15 +3,16 @@
 //! appends them once that transaction commits; whatever a crash left unappended is appended again at the next
 //! start (see `Projector::start`).
 //!
-//! The table is keyed by row number alone, so writing an event is an append and its leaving is a delete by
-//! number. Which row holds which message id is kept in memory by [`Pending`], exactly: a row is entered as its
-//! transaction commits and leaves as its event comes back, and the changes of a transaction that rolls back
-//! are undone.
+//! The table is keyed by row number alone, so writing an event is an append, and the rows whose events came
+//! back in a transaction are deleted together before it commits, a range of numbers at a time. Which row holds
+//! which message id, and which person its event is of, is kept in memory by [`Pending`], exactly: a row is
+//! entered as its transaction commits and leaves as its event comes back, and the changes of a transaction that
+//! rolls back are undone. So an event decided here comes back without its body being read again.
 
 use std::collections::HashMap;
 
 use rusqlite::{params, Connection};
-use seam_core::Event;
+use seam_core::{Event, ProfileId};
 
 use crate::StoreError;
 
@@ -73,17 +74,39 @@ impl Emitted {
     }
 }
 
+/// An event in the outbox: its row, and the person it is of (its `profile_id`, as a key), if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Row {
+    pub id: i64,
+    pub profile: Option<i64>,
+}
+
+impl Row {
+    fn of(e: &Emitted) -> Self {
+        let profile = e
+            .event
+            .properties
+            .get("profile_id")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|s| ProfileId::parse(s).ok())
+            .map(|id| crate::process::key(&id));
+        Self { id: e.row, profile }
+    }
+}
+
 /// The outbox's rows by workspace and message id: every event decided and not yet back through the log.
 #[derive(Default)]
 pub(crate) struct Pending {
-    rows: HashMap<i64, HashMap<String, i64>>,
+    rows: HashMap<i64, HashMap<String, Row>>,
+    /// The rows whose events came back in the open transaction, deleted by [`Pending::delete_returned`].
+    back: Vec<i64>,
     /// What the open transaction changed, undone if it rolls back.
     journal: Vec<Change>,
 }
 
 enum Change {
     Entered(i64, String),
-    Left(i64, String, i64),
+    Left(i64, String, Row),
 }
 
 impl Pending {
@@ -107,7 +130,7 @@ impl Pending {
             self.rows
                 .entry(e.ws)
                 .or_default()
-                .insert(e.event.message_id.clone(), e.row);
+                .insert(e.event.message_id.clone(), Row::of(e));
         }
     }
 
@@ -118,34 +141,45 @@ impl Pending {
             .push(Change::Entered(e.ws, e.event.message_id.clone()));
     }
 
-    /// An event back through the log, in the open transaction: its row leaves the outbox. Whether it was there
-    /// (decided by these projections; otherwise it was decided before they existed and is replayed).
-    pub(crate) fn returned(
-        &mut self,
-        conn: &Connection,
-        ws: i64,
-        message_id: &str,
-    ) -> Result<bool, StoreError> {
-        let Some((message_id, row)) = self
+    /// An event back through the log, in the open transaction: its row leaves the outbox (deleted by
+    /// [`Pending::delete_returned`]). Its row if it was there (decided by these projections; otherwise it was
+    /// decided before they existed and is replayed).
+    pub(crate) fn returned(&mut self, ws: i64, message_id: &str) -> Option<Row> {
+        let (message_id, row) = self
             .rows
             .get_mut(&ws)
-            .and_then(|m| m.remove_entry(message_id))
-        else {
-            return Ok(false);
-        };
-        conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-            .execute([row])?;
+            .and_then(|m| m.remove_entry(message_id))?;
+        self.back.push(row.id);
         self.journal.push(Change::Left(ws, message_id, row));
-        Ok(true)
+        Some(row)
+    }
+
+    /// Deletes the rows of the events back in the open transaction, each run of consecutive numbers in one
+    /// statement (events come back in the order they were written, so most of a transaction's are one run).
+    pub(crate) fn delete_returned(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        if self.back.is_empty() {
+            return Ok(());
+        }
+        self.back.sort_unstable();
+        let mut stmt = conn.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2")?;
+        let mut runs = self.back.chunk_by(|a, b| b - a == 1);
+        runs.try_for_each(|run| {
+            stmt.execute([run[0], run[run.len() - 1]])?;
+            Ok::<_, StoreError>(())
+        })?;
+        self.back.clear();
+        Ok(())
     }
 
     /// The open transaction committed.
     pub(crate) fn settle(&mut self) {
+        debug_assert!(self.back.is_empty(), "rows deleted before the commit");
         self.journal.clear();
     }
 
     /// The open transaction rolled back: its changes are undone, newest first.
     pub(crate) fn undo(&mut self) {
+        self.back.clear();
         while let Some(change) = self.journal.pop() {
             match change {
                 Change::Entered(ws, id) => {
@@ -206,7 +240,8 @@ mod tests {
         assert_eq!(Pending::load(&conn).unwrap().len(), 1);
 
         let tx = conn.transaction().unwrap();
-        assert!(pending.returned(&tx, 1, "a").unwrap());
+        assert!(pending.returned(1, "a").is_some());
+        pending.delete_returned(&tx).unwrap();
         let b = Emitted::to_outbox(&tx, 1, event("b")).unwrap();
         pending.written(&b);
         assert!(!pending.holds(1, "a") && pending.holds(1, "b"));
@@ -216,16 +251,46 @@ mod tests {
         assert_eq!(rows(&conn), ["a"]);
 
         let tx = conn.transaction().unwrap();
-        assert!(pending.returned(&tx, 1, "a").unwrap());
-        assert!(!pending.returned(&tx, 1, "a").unwrap(), "taken back once");
-        assert!(
-            !pending.returned(&tx, 2, "a").unwrap(),
-            "another workspace's"
-        );
+        assert!(pending.returned(1, "a").is_some());
+        assert!(pending.returned(1, "a").is_none(), "taken back once");
+        assert!(pending.returned(2, "a").is_none(), "another workspace's");
+        pending.delete_returned(&tx).unwrap();
         tx.commit().unwrap();
         pending.settle();
         pending.undo();
         assert_eq!(pending.len(), 0);
         assert!(rows(&conn).is_empty());
+    }
+
+    /// The rows of the events back in a transaction are deleted, runs of consecutive numbers and lone ones
+    /// alike, and nothing else; each row remembers the person its event is of.
+    #[test]
+    fn rows_back_are_deleted_by_runs_and_know_their_person() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
+        let mut of_someone = event("p");
+        of_someone.properties.insert(
+            "profile_id".into(),
+            String::from(seam_core::ProfileId::from_seq(7)).into(),
+        );
+        let mut emitted: Vec<Emitted> = ["a", "b", "c", "d", "e", "f"]
+            .into_iter()
+            .map(|id| Emitted::to_outbox(&conn, 1, event(id)).unwrap())
+            .collect();
+        emitted.push(Emitted::to_outbox(&conn, 1, of_someone).unwrap());
+        let mut pending = Pending::default();
+        pending.committed(&emitted);
+
+        let tx = conn.transaction().unwrap();
+        for id in ["e", "a", "b", "d"] {
+            assert!(pending.returned(1, id).is_some());
+        }
+        let row = pending.returned(1, "p").unwrap();
+        assert_eq!(row.profile, Some(7));
+        pending.delete_returned(&tx).unwrap();
+        tx.commit().unwrap();
+        pending.settle();
+        assert_eq!(rows(&conn), ["c", "f"]);
+        assert_eq!(pending.len(), 2);
     }
 }

@@ -430,7 +430,7 @@ impl Processor {
         }
         if event.message_id.starts_with("$seam:") {
             // Seam's own received-kind event (traits a journey set): back from the log, out of the outbox.
-            self.returned += usize::from(self.outbox.returned(conn, ws, &event.message_id)?);
+            self.returned += usize::from(self.outbox.returned(ws, &event.message_id).is_some());
         }
         let rules = self.rules.entry(ws).or_default().clone();
         let mut view = SqlView {
@@ -568,7 +568,7 @@ impl Processor {
             }
             _ => {}
         }
-        let decided_here = self.outbox.returned(conn, ws, &event.message_id)?;
+        let decided_here = self.outbox.returned(ws, &event.message_id).is_some();
         self.returned += usize::from(decided_here);
         if matches!(
             event.kind,
@@ -606,14 +606,53 @@ impl Processor {
         let Ok(target) = ProfileId::parse(target) else {
             return Ok(());
         };
+        self.place(conn, seq, ws, event.kind, event.timestamp, key(&target))
+    }
+
+    /// A system event decided by these projections, back from the log at `seq`: if the outbox holds it, it
+    /// leaves the outbox and goes on the timeline of the person it is of, its body unread (the outbox's row
+    /// knows the person, and everything else it decided was applied when it was decided). Whether it did.
+    pub(crate) fn came_back(
+        &mut self,
+        conn: &Connection,
+        seq: Seq,
+        ws: i64,
+        message_id: &str,
+        kind: EventType,
+        timestamp: i64,
+    ) -> Result<bool, StoreError> {
+        // Seam's received-kind events (traits a journey set) are applied like any other.
+        if kind.kind() != EventKind::System {
+            return Ok(false);
+        }
+        let Some(row) = self.outbox.returned(ws, message_id) else {
+            return Ok(false);
+        };
+        self.returned += 1;
+        if let Some(profile) = row.profile {
+            self.place(conn, seq, ws, kind, timestamp, profile)?;
+        }
+        Ok(true)
+    }
+
+    /// Puts a system event of `profile` (or of whom it was merged into since) on the timeline.
+    fn place(
+        &mut self,
+        conn: &Connection,
+        seq: Seq,
+        ws: i64,
+        kind: EventType,
+        timestamp: i64,
+        profile: i64,
+    ) -> Result<(), StoreError> {
         let current: Option<i64> = conn
             .prepare_cached("SELECT COALESCE(merged_into, profile) FROM profiles WHERE ws = ?1 AND profile = ?2")?
-            .query_row(params![ws, key(&target)], |r| r.get(0))
+            .query_row(params![ws, profile], |r| r.get(0))
             .optional()?;
         if let Some(current) = current {
-            self.timeline.push((ws, current, event.timestamp, seq));
+            self.timeline.push((ws, current, timestamp, seq));
             if matches!(
-                event.kind,
+                kind,
                 EventType::SegmentEntered | EventType::SegmentExited | EventType::JourneyEnter
             ) {
                 self.queue_for_journeys(conn, seq, ws, current)?;
@@ -804,6 +843,7 @@ impl Processor {
     /// reading the timeline in the transaction.
     pub(crate) fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
         self.write_timeline(conn)?;
+        self.outbox.delete_returned(conn)?;
         let mut stmt =
             conn.prepare_cached("UPDATE profiles SET state = ?3 WHERE ws = ?1 AND profile = ?2")?;
         // In key order, like the timeline.

@@ -362,7 +362,8 @@ impl Projector {
         clock: &dyn seam_core::Clock,
     ) -> Result<Step, StoreError> {
         let mut stmt = self.log.prepare_cached(
-            "SELECT seq, ws, body, received_at FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+            "SELECT seq, ws, body, received_at, message_id, type, ts FROM events
+             WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
         )?;
         // `pass` steps only when the log is ahead: there is nearly always something to apply.
         let tx = crate::write_projections(&mut self.conn)?;
@@ -384,13 +385,30 @@ impl Projector {
                 while let Some(row) = rows.next()? {
                     in_piece += 1;
                     let seq: Seq = row.get(0)?;
-                    let body = row.get_ref(2)?.as_str().map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            2,
-                            rusqlite::types::Type::Text,
-                            e.into(),
-                        )
-                    })?;
+                    let text = |i: usize| {
+                        row.get_ref(i)?.as_str().map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                i,
+                                rusqlite::types::Type::Text,
+                                e.into(),
+                            )
+                        })
+                    };
+                    (last, last_received) = (seq, row.get(3)?);
+                    // One of Seam's own events decided here: back without its body being parsed.
+                    if let Some(kind) = seam_core::EventType::parse(text(5)?) {
+                        if processor.came_back(
+                            &tx,
+                            seq,
+                            row.get(1)?,
+                            text(4)?,
+                            kind,
+                            row.get(6)?,
+                        )? {
+                            continue;
+                        }
+                    }
+                    let body = text(2)?;
                     let event = slim_event(body, processor.decides(seq))?;
                     if event.kind.kind() == seam_core::EventKind::Received {
                         received += 1;
@@ -404,7 +422,6 @@ impl Projector {
                             tracks = Vec::new();
                         }
                     }
-                    (last, last_received) = (seq, row.get(3)?);
                 }
                 read += in_piece;
                 if in_piece < piece || read == MAX_CHUNK {
