@@ -32,6 +32,9 @@ pub struct JourneysReport {
     /// Seconds for every timer to fire, each a step that renders and records a message.
     pub fire_secs: f64,
     pub timers_fired_per_sec: f64,
+    /// CPU time of the projector's thread while the timers fire, per timer: steadier than the rate on a shared
+    /// machine.
+    pub projector_cpu_us_per_timer: f64,
     pub messages: usize,
     /// Latency phase: people per second offered, and from the acknowledgement of an order to the decision
     /// that sends its confirmation (the start of the projector pass that made it).
@@ -321,9 +324,11 @@ pub async fn run(args: JourneysBench) -> anyhow::Result<()> {
 
     eprintln!("an hour later: {pending_timers} timers fire…");
     let watch = Stopwatch::start();
+    let cpu_before = super::thread_cpu_secs("seam-projector");
     clock.advance(Duration::from_secs(3_600));
     store.caught_up().await;
     let fire_secs = watch.elapsed().as_secs_f64();
+    let fire_cpu = super::thread_cpu_secs("seam-projector") - cpu_before;
     // Counted by the journey's statistics: listing a million messages would measure the listing.
     let messages = store.journey_stats(ws, "welcome")?["nodes"]["mail"]["sent"]
         .as_u64()
@@ -339,6 +344,7 @@ pub async fn run(args: JourneysBench) -> anyhow::Result<()> {
         rss_pending_mib,
         fire_secs,
         timers_fired_per_sec: pending_timers as f64 / fire_secs,
+        projector_cpu_us_per_timer: fire_cpu * 1e6 / pending_timers.max(1) as f64,
         messages,
         latency_rate: args.latency_rate,
         decision_p50_ms: p50,
@@ -364,6 +370,10 @@ fn print_report(r: &JourneysReport, json: bool) -> anyhow::Result<()> {
     println!(
         "timers fired       {} in {:.2} s   {:.0} timers/s (each a step that sends)",
         r.pending_timers, r.fire_secs, r.timers_fired_per_sec
+    );
+    println!(
+        "projector CPU      {:.1} µs a timer (its thread's CPU time while they fire)",
+        r.projector_cpu_us_per_timer
     );
     println!("messages           {}", r.messages);
     println!(

@@ -180,6 +180,28 @@ fn memory_of(pid: &str) -> (f64, f64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// CPU seconds (user and system) spent so far by this process's threads named `name`, from `/proc` (whose
+/// clock ticks are a hundredth of a second on Linux).
+fn thread_cpu_secs(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let ticks: u64 = tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // The fields after the name (which may hold spaces) from the third on: utime and stime are the
+            // 14th and 15th.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 / 100.0
+}
+
 /// A minimal HTTP/1.1 keep-alive client, so that the load generator spends as little of the machine as it can.
 struct RawConn {
     stream: tokio::net::TcpStream,
