@@ -87,7 +87,9 @@ fn parser() -> &'static liquid::Parser {
 /// The context a template is rendered with: `profile` (id, traits, computed traits), `event` (the run's
 /// trigger: name, properties) and `message` (channel, journey).
 pub fn context(profile: Value, event: Value, message: Value) -> Value {
-    json!({ "profile": profile, "event": event, "message": message })
+    // Moved in: `json!` would copy each value through its serialiser.
+    let parts = [("profile", profile), ("event", event), ("message", message)];
+    Value::Object(parts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
 fn sample_context(channel: Channel) -> Value {

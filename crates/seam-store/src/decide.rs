@@ -184,10 +184,9 @@ pub(crate) struct Recorder<'t> {
 
 impl<'t> Recorder<'t> {
     pub(crate) fn new(tx: &'t Connection, now: Millis) -> Result<Self, StoreError> {
-        let decisions =
-            tx.query_row("SELECT value FROM meta WHERE key = 'decisions'", [], |r| {
-                r.get(0)
-            })?;
+        let decisions = tx
+            .prepare_cached("SELECT value FROM meta WHERE key = 'decisions'")?
+            .query_row([], |r| r.get(0))?;
         Ok(Self {
             tx,
             now,
@@ -198,10 +197,9 @@ impl<'t> Recorder<'t> {
 
     /// Stores the count of decisions; returns the events decided.
     pub(crate) fn finish(self) -> Result<Vec<Emitted>, StoreError> {
-        self.tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'decisions'",
-            [self.decisions],
-        )?;
+        self.tx
+            .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'decisions'")?
+            .execute([self.decisions])?;
         Ok(self.emitted)
     }
 
@@ -455,11 +453,12 @@ pub(crate) fn decide(
         }
     }
     let tx = crate::write_projections(conn)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR IGNORE INTO pending_evaluations (ws, profile) SELECT ws, profile FROM segment_timers WHERE due <= ?1",
-        [now],
-    )?;
-    tx.execute("DELETE FROM segment_timers WHERE due <= ?1", [now])?;
+    )?
+    .execute([now])?;
+    tx.prepare_cached("DELETE FROM segment_timers WHERE due <= ?1")?
+        .execute([now])?;
     let mut decider = Decider::new(&tx, now)?;
     let unqueue = |key: Key| -> Result<(), StoreError> {
         tx.prepare_cached("DELETE FROM pending_evaluations WHERE ws = ?1 AND profile = ?2")?
@@ -542,11 +541,9 @@ pub(crate) fn decide(
         }
     }
     let emitted = decider.out.finish()?;
-    let remaining: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM pending_evaluations LIMIT ?1)",
-        [COUNTED_UP_TO],
-        |r| r.get(0),
-    )?;
+    let remaining: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM (SELECT 1 FROM pending_evaluations LIMIT ?1)")?
+        .query_row([COUNTED_UP_TO], |r| r.get(0))?;
     tx.commit()?;
     let decided = Decided {
         emitted,

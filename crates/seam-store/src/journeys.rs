@@ -204,10 +204,9 @@ pub(crate) fn decide(
         return Ok(Decided::default());
     }
     let tx = crate::write_projections(conn)?;
-    let decisions: i64 =
-        tx.query_row("SELECT value FROM meta WHERE key = 'decisions'", [], |r| {
-            r.get(0)
-        })?;
+    let decisions: i64 = tx
+        .prepare_cached("SELECT value FROM meta WHERE key = 'decisions'")?
+        .query_row([], |r| r.get(0))?;
     let mut d = Decider {
         tx: &tx,
         now,
@@ -232,11 +231,9 @@ pub(crate) fn decide(
     }
     // Timers, campaigns and dates only once every queued event has been shown: in a burst, a purchase still
     // queued ends its run before the reminder's timer fires.
-    let events_queued: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM pending_journey_events)",
-        [],
-        |r| r.get(0),
-    )?;
+    let events_queued: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM pending_journey_events)")?
+        .query_row([], |r| r.get(0))?;
     if !events_queued {
         let due: Vec<(i64, String, i64)> = tx
             .prepare_cached("SELECT ws, run, profile FROM journey_runs WHERE wake_at <= ?1 ORDER BY wake_at, ws, run LIMIT ?2")?
@@ -277,20 +274,18 @@ pub(crate) fn decide(
     }
     write_counts(&tx, &mut d.counts)?;
     let (emitted, decisions) = (std::mem::take(&mut d.emitted), d.decisions);
-    tx.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'decisions'",
-        [decisions],
-    )?;
+    tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'decisions'")?
+        .execute([decisions])?;
     // Counted up to a bound: a pass must not cost more as the backlog grows (a campaign's millions of due
     // timers would otherwise be counted again after every 2,000 of them).
-    let remaining: i64 = tx.query_row(
-        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM pending_journey_events LIMIT ?2))
+    let remaining: i64 = tx
+        .prepare_cached(
+            "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM pending_journey_events LIMIT ?2))
               + (SELECT COUNT(*) FROM (SELECT 1 FROM journey_runs WHERE wake_at <= ?1 LIMIT ?2))
               + (SELECT COUNT(*) FROM (SELECT 1 FROM pending_date_plans LIMIT ?2))
               + (SELECT COUNT(*) FROM (SELECT 1 FROM journey_dates WHERE next_at <= ?1 LIMIT ?2))",
-        params![now, crate::decide::COUNTED_UP_TO],
-        |r| r.get(0),
-    )?;
+        )?
+        .query_row(params![now, crate::decide::COUNTED_UP_TO], |r| r.get(0))?;
     tx.commit()?;
     Ok(Decided {
         emitted,
@@ -853,10 +848,12 @@ impl<'t> Decider<'t> {
         };
         let mut traits = who.data.traits.clone();
         let computed = traits.remove("computed").unwrap_or_else(|| json!({}));
-        let event = run.trigger.as_ref().map_or(
-            json!({}),
-            |t| json!({"name": t.name, "properties": t.properties}),
-        );
+        let event = run.trigger.as_ref().map_or(json!({}), |t| {
+            Value::Object(properties([
+                ("name", json!(t.name)),
+                ("properties", Value::Object(t.properties.clone())),
+            ]))
+        });
         let ctx = template::context(
             Value::Object(properties([
                 ("id", json!(run.profile)),

@@ -261,10 +261,8 @@ pub(crate) fn write_projections(
     conn: &mut Connection,
 ) -> rusqlite::Result<rusqlite::Transaction<'_>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
-    tx.execute(
-        "UPDATE main.meta SET value = value WHERE key = 'applied_seq'",
-        [],
-    )?;
+    tx.prepare_cached("UPDATE main.meta SET value = value WHERE key = 'applied_seq'")?
+        .execute([])?;
     Ok(tx)
 }
 

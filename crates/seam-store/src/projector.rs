@@ -303,9 +303,8 @@ impl Projector {
         let backfilling = self.evaluator.is_some()
             && self
                 .conn
-                .query_row("SELECT EXISTS (SELECT 1 FROM pending_backfills)", [], |r| {
-                    r.get::<_, bool>(0)
-                })?;
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM pending_backfills)")?
+                .query_row([], |r| r.get::<_, bool>(0))?;
         let (mut d, hand_out) = crate::decide::decide(
             &mut self.conn,
             now,
@@ -449,10 +448,8 @@ impl Projector {
                 keys.extend(touched.keys().copied());
             }
             let decided = crate::decide::decide_touched(&tx, clock.now_ms(), touched, body)?;
-            tx.execute(
-                "UPDATE meta SET value = ?1 WHERE key = 'applied_seq'",
-                [last],
-            )?;
+            tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'applied_seq'")?
+                .execute([last])?;
             Ok::<_, StoreError>(decided)
         });
         match result.and_then(|decided| tx.commit().map(|()| decided).map_err(StoreError::from)) {
