@@ -398,7 +398,7 @@ impl Assessment {
                          ON CONFLICT (ws, profile, name) DO UPDATE SET value = excluded.value
                          WHERE value != excluded.value",
                     )?
-                    .execute(params![ws, profile, name, v.to_string()])?,
+                    .execute(params![ws, profile, name, serde_json::to_string(&v)?])?,
                 None => tx
                     .prepare_cached(
                         "DELETE FROM computed_traits WHERE ws = ?1 AND profile = ?2 AND name = ?3",

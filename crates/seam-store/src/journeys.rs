@@ -967,7 +967,7 @@ impl Step<'_> {
             run.entered_at,
             run.is_active(),
             run.wake_at(),
-            self.state.to_string()
+            serde_json::to_string(self.state)?
         ])?;
         for m in self.messages {
             let s = |k: &str| m.as_object().map_or("", |m| text(m, k));
@@ -985,7 +985,10 @@ impl Step<'_> {
                 s("channel"),
                 s("address"),
                 s("category"),
-                m.get("content").map(Value::to_string).unwrap_or_default(),
+                m.get("content")
+                    .map(serde_json::to_string)
+                    .transpose()?
+                    .unwrap_or_default(),
                 self.at
             ])?;
             conn.prepare_cached(
