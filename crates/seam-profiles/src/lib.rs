@@ -102,6 +102,11 @@ impl ProfileState {
             .map(|(k, v)| (k.clone(), v.value.clone()))
             .collect()
     }
+
+    /// The latest value of each trait, moved out of the state.
+    pub fn into_trait_values(self) -> Map<String, Value> {
+        self.traits.into_iter().map(|(k, v)| (k, v.value)).collect()
+    }
 }
 
 fn min_opt(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
@@ -149,6 +154,7 @@ mod tests {
             (p.first_seen, p.last_seen, p.event_count),
             (Some(1_000), Some(2_000), 2)
         );
+        assert_eq!(p.clone().into_trait_values(), p.trait_values());
     }
 
     #[test]

@@ -365,7 +365,7 @@ fn read_people(
         };
         people.push(Person {
             profile,
-            traits: state.trait_values(),
+            traits: state.into_trait_values(),
             identities: Vec::new(),
             events: Vec::new(),
         });

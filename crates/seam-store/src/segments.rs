@@ -294,7 +294,7 @@ pub(crate) fn person_profile(
 ) -> Result<PersonData, StoreError> {
     let state = state_of(c, proj, ws, k)?;
     let identities = identities_of(c, proj, ws, k)?;
-    let mut traits = state.trait_values();
+    let mut traits = state.into_trait_values();
     let computed = computed_traits_of(c, proj, ws, k)?;
     if !computed.is_empty() {
         traits.insert("computed".to_owned(), Value::Object(computed));
