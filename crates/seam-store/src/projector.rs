@@ -684,7 +684,7 @@ mod tests {
     }
 
     /// A journey step after `decide_after` that the outbox does not hold is read whole and applied, though a
-    /// step read back is otherwise parsed only for its person.
+    /// step the outbox holds comes back without its body being read.
     #[test]
     fn a_live_step_missing_from_the_outbox_is_applied_whole() {
         let dir = tempfile::tempdir().unwrap();
@@ -772,6 +772,38 @@ mod tests {
             timeline(&p.conn),
             [(1, live[0]), (2, live[0]), (3, live[0])]
         );
+    }
+
+    /// An event decided here comes back known by its row's message id and type alone: its body is not read (here
+    /// it is not even JSON), it leaves the outbox, and it goes on the timeline of the person the outbox kept for
+    /// it.
+    #[test]
+    fn an_event_decided_here_comes_back_without_its_body_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut p) = projector(dir.path());
+        two_visitors_then_one_person(&log);
+        let clock = seam_core::clock::ManualClock::new(10_000);
+        let decided = p.step(3, &clock).unwrap().emitted;
+        assert_eq!(decided.len(), 1, "the merge");
+        let merge = &decided[0].event;
+        let outbox = |c: &Connection| -> i64 {
+            c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(outbox(&p.conn), 1);
+
+        log.execute(
+            "INSERT INTO events (seq, ws, message_id, type, name, ts, received_at, body)
+             VALUES (4, 1, ?1, ?2, NULL, ?3, ?3, 'not read')",
+            params![merge.message_id, merge.kind.as_str(), merge.timestamp],
+        )
+        .unwrap();
+        let back = p.step(4, &clock).unwrap();
+        assert_eq!(back.returned, 1);
+        assert!(back.emitted.is_empty());
+        assert_eq!(outbox(&p.conn), 0);
+        let survivor = timeline(&p.conn)[0].1;
+        assert_eq!(timeline(&p.conn).last(), Some(&(4, survivor)));
     }
 
     /// After a restart the identifiers already held are found again, whether the workspace's identifiers are
