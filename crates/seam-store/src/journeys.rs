@@ -1015,11 +1015,7 @@ pub(crate) fn apply_step(
     counts: &mut Counts,
 ) -> Result<(), StoreError> {
     let p = &event.properties;
-    let profile = p
-        .get("profile_id")
-        .and_then(Value::as_str)
-        .and_then(|s| ProfileId::parse(s).ok())
-        .map(|id| crate::process::key(&id));
+    let profile = crate::process::profile_of(p);
     // The person as they are now: a step decided before a merge and replayed after it lands on the survivor,
     // as the merge moved it live.
     let profile = match profile {

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use rusqlite::{params, Connection};
-use seam_core::{Event, ProfileId};
+use seam_core::Event;
 
 use crate::StoreError;
 
@@ -83,14 +83,10 @@ pub(crate) struct Row {
 
 impl Row {
     fn of(e: &Emitted) -> Self {
-        let profile = e
-            .event
-            .properties
-            .get("profile_id")
-            .and_then(serde_json::Value::as_str)
-            .and_then(|s| ProfileId::parse(s).ok())
-            .map(|id| crate::process::key(&id));
-        Self { id: e.row, profile }
+        Self {
+            id: e.row,
+            profile: crate::process::profile_of(&e.event.properties),
+        }
     }
 }
 

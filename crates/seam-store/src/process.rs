@@ -66,6 +66,13 @@ pub(crate) fn key(p: &ProfileId) -> i64 {
     p.created_seq()
 }
 
+/// The key of the person a system event is of (its `profile_id` property), if it names one.
+pub(crate) fn profile_of(props: &Map<String, Value>) -> Option<i64> {
+    ProfileId::parse(text(props, "profile_id"))
+        .ok()
+        .map(|id| key(&id))
+}
+
 pub(crate) struct Processor {
     rules: HashMap<i64, Arc<IdentifierRules>>,
     /// Profile states read or written recently; written back for those in `dirty` by `flush`.
@@ -205,17 +212,17 @@ impl IdentityView for SqlView<'_> {
 /// A `segment_entered` / `segment_exited` event from the log applied to the memberships.
 fn apply_membership(conn: &Connection, ws: i64, event: &Event) -> Result<(), StoreError> {
     let field = |k: &str| text(&event.properties, k);
-    let Ok(profile) = ProfileId::parse(field("profile_id")) else {
+    let Some(profile) = profile_of(&event.properties) else {
         return Ok(());
     };
     if event.kind == EventType::SegmentEntered {
         conn.prepare_cached("INSERT OR REPLACE INTO memberships (ws, segment, profile, since) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![ws, field("segment_id"), key(&profile), event.timestamp])?;
+            .execute(params![ws, field("segment_id"), profile, event.timestamp])?;
     } else {
         conn.prepare_cached(
             "DELETE FROM memberships WHERE ws = ?1 AND segment = ?2 AND profile = ?3",
         )?
-        .execute(params![ws, field("segment_id"), key(&profile)])?;
+        .execute(params![ws, field("segment_id"), profile])?;
     }
     Ok(())
 }
@@ -600,13 +607,10 @@ impl Processor {
         if event.kind == EventType::Suppression {
             crate::deliveries::apply_suppression(conn, ws, event)?;
         }
-        let Some(target) = event.properties.get("profile_id").and_then(Value::as_str) else {
+        let Some(target) = profile_of(&event.properties) else {
             return Ok(());
         };
-        let Ok(target) = ProfileId::parse(target) else {
-            return Ok(());
-        };
-        self.place(conn, seq, ws, event.kind, event.timestamp, key(&target))
+        self.place(conn, seq, ws, event.kind, event.timestamp, target)
     }
 
     /// A system event decided by these projections, back from the log at `seq`: if the outbox holds it, it
