@@ -227,6 +227,8 @@ pub struct Store {
 pub const DB_FILE: &str = "seam.db";
 /// The projections database of a data folder.
 pub const PROJECTIONS_FILE: &str = "projections.db";
+/// The name of the thread that applies the log to the projections and decides (what profilers and `/proc` show).
+pub const PROJECTOR_THREAD: &str = "seam-projector";
 
 pub(crate) fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {

@@ -492,7 +492,7 @@ impl Projector {
             .store(pending.len() as i64, Ordering::SeqCst);
         stats.pending_evaluations.store(1, Ordering::SeqCst); // unknown until the first pass
         std::thread::Builder::new()
-            .name("seam-projector".into())
+            .name(crate::PROJECTOR_THREAD.into())
             .spawn(move || {
                 if !pending.is_empty() {
                     let _ = to_writer.send(Command::System { events: pending });

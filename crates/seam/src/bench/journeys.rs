@@ -324,11 +324,11 @@ pub async fn run(args: JourneysBench) -> anyhow::Result<()> {
 
     eprintln!("an hour later: {pending_timers} timers fire…");
     let watch = Stopwatch::start();
-    let cpu_before = super::thread_cpu_secs("seam-projector");
+    let cpu_before = super::thread_cpu_secs(seam_store::PROJECTOR_THREAD);
     clock.advance(Duration::from_secs(3_600));
     store.caught_up().await;
     let fire_secs = watch.elapsed().as_secs_f64();
-    let fire_cpu = super::thread_cpu_secs("seam-projector") - cpu_before;
+    let fire_cpu = super::thread_cpu_secs(seam_store::PROJECTOR_THREAD) - cpu_before;
     // Counted by the journey's statistics: listing a million messages would measure the listing.
     let messages = store.journey_stats(ws, "welcome")?["nodes"]["mail"]["sent"]
         .as_u64()
