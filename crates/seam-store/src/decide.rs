@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use seam_audiences::ast::Metric;
 use seam_audiences::digest::{Digest, Needs};
 use seam_audiences::{measure, parse, parse_metric, Expr, Library, Person, PersonEvent};
-use seam_core::{Event, EventType, Millis, ProfileId, Seq};
+use seam_core::{EventType, Millis, Seq};
 
 use crate::evaluator::{Evaluator, Key};
 use crate::outbox::Emitted;
@@ -234,16 +234,9 @@ impl<'t> Recorder<'t> {
             kind.as_str(),
             self.decisions
         );
-        let props = crate::outbox::properties([
-            ("segment_id", id.into()),
-            ("segment", name.into()),
-            (
-                "profile_id",
-                String::from(ProfileId::from_seq(profile)).into(),
-            ),
-        ]);
-        let event = Event::system(message_id, kind, now, props);
-        self.emitted.push(Emitted::to_outbox(tx, ws, event)?);
+        self.emitted.push(Emitted::membership(
+            tx, ws, kind, message_id, now, id, name, profile,
+        )?);
         Ok(())
     }
 }

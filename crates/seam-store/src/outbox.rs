@@ -10,19 +10,22 @@
 //! rolls back are undone. So an event decided here comes back without its body being read again.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 
 use rusqlite::{params, Connection};
-use seam_core::Event;
+use seam_core::{Event, EventType, Millis, ProfileId};
 
-use crate::StoreError;
+use crate::{LogRow, StoreError};
 
 /// A system event decided in this transaction, to be appended to the log once it commits.
 pub(crate) struct Emitted {
     pub ws: i64,
-    pub event: Event,
-    pub json: String,
+    /// The log's row of it, body included.
+    pub log: LogRow,
     /// Its row in the outbox.
     pub row: i64,
+    /// The person it is of (its `profile_id`, as a key), if any.
+    pub profile: Option<i64>,
 }
 
 /// The properties of an event Seam emits, their values moved in (`json!` would copy each `Value` given to it
@@ -36,17 +39,78 @@ pub(crate) fn properties<const N: usize>(
         .collect()
 }
 
+/// Appends `s` to `out` as a JSON string.
+fn json_string(out: &mut Vec<u8>, s: &str) -> Result<(), StoreError> {
+    serde_json::to_writer(&mut *out, s)?;
+    Ok(())
+}
+
 impl Emitted {
     /// Writes a decided event to the outbox (in the decision's transaction), to be appended to the log.
     pub(crate) fn to_outbox(conn: &Connection, ws: i64, event: Event) -> Result<Self, StoreError> {
         let json = serde_json::to_string(&event)?;
+        let profile = crate::process::profile_of(&event.properties);
+        Self::write(conn, ws, LogRow::new(event, json), profile)
+    }
+
+    /// Writes a change of membership to the outbox: the `segment_entered` / `segment_exited` event at `at` that
+    /// says `profile` entered or left segment `segment_id` (named `segment`). Its body is what serialising
+    /// `Event::system` of it gives, written without building the event (a membership change is the system
+    /// event Seam decides most: about two for every five events received with twenty segments active).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn membership(
+        conn: &Connection,
+        ws: i64,
+        kind: EventType,
+        message_id: String,
+        at: Millis,
+        segment_id: &str,
+        segment: &str,
+        profile: i64,
+    ) -> Result<Self, StoreError> {
+        let person = String::from(ProfileId::from_seq(profile));
+        let mut body = Vec::with_capacity(160 + message_id.len() + segment.len());
+        body.extend_from_slice(b"{\"message_id\":");
+        json_string(&mut body, &message_id)?;
+        write!(
+            body,
+            r#","type":"{}","properties":{{"profile_id":"#,
+            kind.as_str()
+        )?;
+        json_string(&mut body, &person)?;
+        body.extend_from_slice(br#","segment":"#);
+        json_string(&mut body, segment)?;
+        body.extend_from_slice(br#","segment_id":"#);
+        json_string(&mut body, segment_id)?;
+        write!(
+            body,
+            r#"}},"timestamp":{at},"received_at":{at},"source":"seam"}}"#
+        )?;
+        let json = String::from_utf8(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let log = LogRow {
+            message_id,
+            kind: kind.as_str(),
+            name: None,
+            timestamp: at,
+            received_at: at,
+            json,
+        };
+        Self::write(conn, ws, log, Some(profile))
+    }
+
+    fn write(
+        conn: &Connection,
+        ws: i64,
+        log: LogRow,
+        profile: Option<i64>,
+    ) -> Result<Self, StoreError> {
         conn.prepare_cached("INSERT INTO outbox (ws, message_id, body) VALUES (?1, ?2, ?3)")?
-            .execute(params![ws, event.message_id, json])?;
+            .execute(params![ws, log.message_id, log.json])?;
         Ok(Self {
             ws,
-            event,
-            json,
+            log,
             row: conn.last_insert_rowid(),
+            profile,
         })
     }
 
@@ -63,11 +127,13 @@ impl Emitted {
         let mut out = Vec::new();
         for row in rows {
             let (row, ws, json) = row?;
+            let event: Event = serde_json::from_str(&json)?;
+            let profile = crate::process::profile_of(&event.properties);
             out.push(Self {
                 ws,
-                event: serde_json::from_str(&json)?,
-                json,
+                log: LogRow::new(event, json),
                 row,
+                profile,
             });
         }
         Ok(out)
@@ -85,7 +151,7 @@ impl Row {
     fn of(e: &Emitted) -> Self {
         Self {
             id: e.row,
-            profile: crate::process::profile_of(&e.event.properties),
+            profile: e.profile,
         }
     }
 }
@@ -126,7 +192,7 @@ impl Pending {
             self.rows
                 .entry(e.ws)
                 .or_default()
-                .insert(e.event.message_id.clone(), Row::of(e));
+                .insert(e.log.message_id.clone(), Row::of(e));
         }
     }
 
@@ -134,7 +200,7 @@ impl Pending {
     pub(crate) fn written(&mut self, e: &Emitted) {
         self.committed(std::slice::from_ref(e));
         self.journal
-            .push(Change::Entered(e.ws, e.event.message_id.clone()));
+            .push(Change::Entered(e.ws, e.log.message_id.clone()));
     }
 
     /// An event back through the log, in the open transaction: its row leaves the outbox (deleted by
@@ -222,6 +288,47 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    /// A change of membership is written as serialising its `Event::system` writes it, with a segment name
+    /// that JSON must escape, and knows the person it is of.
+    #[test]
+    fn a_membership_change_is_written_as_its_event_would_be() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, PROJECTION_MIGRATIONS).unwrap();
+        let name = "Says \"hi\" \\ naïve\n\u{1}";
+        for kind in [EventType::SegmentEntered, EventType::SegmentExited] {
+            let e = Emitted::membership(
+                &conn,
+                1,
+                kind,
+                "$seam:x\"y".into(),
+                1_234,
+                "seg_7",
+                name,
+                42,
+            )
+            .unwrap();
+            let props = super::properties([
+                ("segment_id", "seg_7".into()),
+                ("segment", name.into()),
+                (
+                    "profile_id",
+                    String::from(seam_core::ProfileId::from_seq(42)).into(),
+                ),
+            ]);
+            let event = Event::system("$seam:x\"y".into(), kind, 1_234, props);
+            assert_eq!(e.log.json, serde_json::to_string(&event).unwrap());
+            let serde = crate::LogRow::new(event, e.log.json.clone());
+            assert_eq!(
+                (e.log.kind, &e.log.name, e.log.timestamp, e.log.received_at),
+                (serde.kind, &serde.name, serde.timestamp, serde.received_at)
+            );
+            assert_eq!(e.profile, Some(42));
+        }
+        let back = Emitted::all(&conn).unwrap();
+        assert_eq!(back.len(), 2);
+        assert!(back.iter().all(|e| e.profile == Some(42)));
     }
 
     /// A rolled-back transaction leaves the outbox's rows and the map of them as they were: an event it took

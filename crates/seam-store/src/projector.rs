@@ -609,16 +609,23 @@ mod tests {
 
     /// Appends an event to the test log at `seq`.
     fn append(log: &Connection, seq: i64, e: &Event) {
+        let json = serde_json::to_string(e).unwrap();
+        append_row(log, seq, &crate::LogRow::new(e.clone(), json));
+    }
+
+    /// Appends a row the log writer would append, at `seq`.
+    fn append_row(log: &Connection, seq: i64, r: &crate::LogRow) {
         log.execute(
             "INSERT INTO events (seq, ws, message_id, type, name, ts, received_at, body)
-             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6)",
+             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 seq,
-                e.message_id,
-                e.kind.as_str(),
-                e.event,
-                e.timestamp,
-                serde_json::to_string(e).unwrap()
+                r.message_id,
+                r.kind,
+                r.name,
+                r.timestamp,
+                r.received_at,
+                r.json
             ],
         )
         .unwrap();
@@ -785,7 +792,7 @@ mod tests {
         let clock = seam_core::clock::ManualClock::new(10_000);
         let decided = p.step(3, &clock).unwrap().emitted;
         assert_eq!(decided.len(), 1, "the merge");
-        let merge = &decided[0].event;
+        let merge = &decided[0].log;
         let outbox = |c: &Connection| -> i64 {
             c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
                 .unwrap()
@@ -795,7 +802,7 @@ mod tests {
         log.execute(
             "INSERT INTO events (seq, ws, message_id, type, name, ts, received_at, body)
              VALUES (4, 1, ?1, ?2, NULL, ?3, ?3, 'not read')",
-            params![merge.message_id, merge.kind.as_str(), merge.timestamp],
+            params![merge.message_id, merge.kind, merge.timestamp],
         )
         .unwrap();
         let back = p.step(4, &clock).unwrap();
@@ -855,13 +862,13 @@ mod tests {
             assert!(
                 step.emitted
                     .iter()
-                    .any(|e| e.event.kind == EventType::Merge),
+                    .any(|e| e.log.kind == EventType::Merge.as_str()),
                 "the identify merged two profiles"
             );
             let mut events = step.emitted;
             if dies {
                 let decided: Vec<String> =
-                    events.iter().map(|e| e.event.message_id.clone()).collect();
+                    events.iter().map(|e| e.log.message_id.clone()).collect();
                 drop(p); // nothing decided reached the log
                 let (to_writer, from_projector) = std::sync::mpsc::sync_channel(4);
                 let wakeup = std::sync::Arc::new(super::Wakeup::default());
@@ -882,7 +889,7 @@ mod tests {
                 };
                 wakeup.stop();
                 thread.join().unwrap();
-                let ids: Vec<String> = sent.iter().map(|e| e.event.message_id.clone()).collect();
+                let ids: Vec<String> = sent.iter().map(|e| e.log.message_id.clone()).collect();
                 assert_eq!(
                     ids, decided,
                     "sent again: the same events with the same ids"
@@ -892,7 +899,7 @@ mod tests {
             }
             // The log writer appends them and the projector reads them back.
             for (seq, e) in (4i64..).zip(&events) {
-                append(&log, seq, &e.event);
+                append_row(&log, seq, &e.log);
             }
             let step = p.step(3 + events.len() as i64, clock.as_ref()).unwrap();
             assert_eq!(step.returned, events.len(), "each confirmed");

@@ -146,9 +146,7 @@ impl Writer {
                     }
                     Command::System { events } => {
                         for e in events {
-                            let ws = e.ws;
-                            let row = LogRow::new(e.event, e.json);
-                            if let Some(seq) = appender.append(&mut self.ids, ws, &row)? {
+                            if let Some(seq) = appender.append(&mut self.ids, e.ws, &e.log)? {
                                 last = Some(seq);
                             }
                         }
