@@ -2,7 +2,7 @@
 //! condition. This is the reference semantics: previews, `explain`, and the check that incrementally kept
 //! membership equals a fresh evaluation all use it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -247,11 +247,11 @@ impl<'p, 'a> Evaluator<'p, 'a> {
                 }
             }
             Expr::ForSome { property, expr } => {
-                let mut values: BTreeSet<String> = BTreeSet::new();
+                let mut values: HashSet<Distinct<'_>> = HashSet::new();
                 let mut candidates = Vec::new();
                 for ev in self.person.events {
                     if let Some(v) = lookup(&ev.properties, property) {
-                        if values.insert(v.to_string()) {
+                        if values.insert(Distinct::of(v)) {
                             candidates.push(v.clone());
                         }
                     }
@@ -329,10 +329,10 @@ impl<'p, 'a> Evaluator<'p, 'a> {
                 Measure::Number(numbers(property).into_iter().reduce(f64::max))
             }
             Agg::Distinct { property } => {
-                let set: BTreeSet<String> = events
+                let set: HashSet<Distinct<'_>> = events
                     .iter()
                     .filter_map(|e| lookup(&e.properties, property))
-                    .map(Value::to_string)
+                    .map(Distinct::of)
                     .collect();
                 Measure::Number(Some(set.len() as f64))
             }
@@ -354,17 +354,21 @@ impl<'p, 'a> Evaluator<'p, 'a> {
                 events.iter().enumerate().filter_map(|(i, e)| {
                     lookup(&e.properties, property)
                         .filter(|v| !v.is_null())
-                        .map(|v| (e.at, i, v.clone()))
+                        .map(|v| (e.at, i, v))
                 }),
             )),
             Agg::PreferredHour => {
-                Measure::Value(most_frequent(events.iter().enumerate().map(|(i, e)| {
-                    (
-                        e.at,
-                        i,
-                        Value::from(e.at.rem_euclid(86_400_000) / 3_600_000),
-                    )
-                })))
+                let hours: Vec<Value> = events
+                    .iter()
+                    .map(|e| Value::from(e.at.rem_euclid(86_400_000) / 3_600_000))
+                    .collect();
+                Measure::Value(most_frequent(
+                    events
+                        .iter()
+                        .zip(&hours)
+                        .enumerate()
+                        .map(|(i, (e, h))| (e.at, i, h)),
+                ))
             }
         }
     }
@@ -422,19 +426,35 @@ enum Measure {
     Value(Option<Value>),
 }
 
+/// A JSON value as values are told apart: a string by its text, anything else by its JSON text (so the string
+/// `"1"` and the number `1` are two values). Strings, the usual item, are neither copied nor printed.
+#[derive(PartialEq, Eq, Hash)]
+enum Distinct<'v> {
+    Text(&'v str),
+    Other(String),
+}
+
+impl<'v> Distinct<'v> {
+    fn of(v: &'v Value) -> Self {
+        match v {
+            Value::String(s) => Distinct::Text(s),
+            other => Distinct::Other(other.to_string()),
+        }
+    }
+}
+
 /// The most frequent value; a tie goes to the one seen most recently. Items are (time, order, value).
-fn most_frequent(items: impl Iterator<Item = (Millis, usize, Value)>) -> Option<Value> {
-    let mut counts: std::collections::HashMap<String, (usize, (Millis, usize), Value)> =
-        std::collections::HashMap::new();
+fn most_frequent<'v>(items: impl Iterator<Item = (Millis, usize, &'v Value)>) -> Option<Value> {
+    let mut counts: HashMap<Distinct<'v>, (usize, (Millis, usize), &'v Value)> = HashMap::new();
     for (at, i, v) in items {
-        let entry = counts.entry(v.to_string()).or_insert((0, (at, i), v));
+        let entry = counts.entry(Distinct::of(v)).or_insert((0, (at, i), v));
         entry.0 += 1;
         entry.1 = entry.1.max((at, i));
     }
     counts
         .into_values()
         .max_by_key(|(n, last, _)| (*n, *last))
-        .map(|(_, _, v)| v)
+        .map(|(_, _, v)| v.clone())
 }
 
 impl Measure {
@@ -646,7 +666,7 @@ impl<'e> Uses<'e> {
 /// Definitions that may refer to each other by name (`in segment "…"`), evaluated together.
 #[derive(Debug, Clone, Default)]
 pub struct Library {
-    defs: std::collections::HashMap<String, Expr>,
+    defs: HashMap<String, Expr>,
 }
 
 /// How deep `in segment` may refer through other segments.

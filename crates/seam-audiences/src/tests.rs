@@ -581,6 +581,26 @@ mod evaluation {
         }
     }
 
+    /// Values are told apart by type as well as by text: the string "1" and the number 1 are two values.
+    #[test]
+    fn a_string_and_a_number_with_the_same_text_are_two_values() {
+        let events = [
+            ev("V", 3.0, json!({"c": "1"})),
+            ev("V", 2.0, json!({"c": 1})),
+            ev("V", 1.0, json!({"c": 1})),
+            ev("V", 0.5, json!({"c": "2"})),
+        ];
+        for (def, expected) in [
+            (r#"distinct c of "V" = 3"#, true),
+            (r#"most frequent c of "V" = 1"#, true),
+            (r#"most frequent c of "V" = "1""#, false),
+            (r#"for some c: (count of "V" where c = item >= 2)"#, true),
+            (r#"for some c: (count of "V" where c = item >= 3)"#, false),
+        ] {
+            assert_eq!(holds(def, &events, json!({}), NOW), expected, "{def}");
+        }
+    }
+
     #[test]
     fn explain_says_which_values_decided() {
         let events = [
