@@ -416,7 +416,8 @@ fn read_people(
     }
     let mut on_timeline: Vec<(i64, usize)> = Vec::new();
     let mut stmt = tx.prepare_cached(&format!(
-        "SELECT profile, seq FROM {}.timeline WHERE ws = ?1 AND profile BETWEEN ?2 AND ?3",
+        "SELECT profile, seq FROM {}.timeline
+         WHERE ws = ?1 AND profile BETWEEN ?2 AND ?3 AND track IS NOT 0",
         dbs.proj
     ))?;
     let mut rows = stmt.query(params![ws, lo, hi])?;

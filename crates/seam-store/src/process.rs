@@ -90,7 +90,7 @@ pub(crate) struct Processor {
     /// The outbox's rows: every system event decided and not yet back through the log.
     outbox: Pending,
     /// Timeline entries (workspace, profile, time, log position) of this transaction, written by `flush`.
-    timeline: Vec<(i64, i64, i64, Seq)>,
+    timeline: Vec<(i64, i64, i64, Seq, bool)>,
     /// Membership decisions are made for events after this log position (older ones are replayed).
     decide_after: Seq,
     /// Whether each workspace has any segment or computed trait (then touched profiles are evaluated).
@@ -482,7 +482,13 @@ impl Processor {
                 .execute(params![ws, profile])?;
             }
         }
-        self.timeline.push((ws, profile, event.timestamp, seq));
+        self.timeline.push((
+            ws,
+            profile,
+            event.timestamp,
+            seq,
+            event.kind == EventType::Track,
+        ));
         Ok(())
     }
 
@@ -654,7 +660,8 @@ impl Processor {
             .query_row(params![ws, profile], |r| r.get(0))
             .optional()?;
         if let Some(current) = current {
-            self.timeline.push((ws, current, timestamp, seq));
+            self.timeline
+                .push((ws, current, timestamp, seq, kind == EventType::Track));
             if matches!(
                 kind,
                 EventType::SegmentEntered | EventType::SegmentExited | EventType::JourneyEnter
@@ -835,10 +842,10 @@ impl Processor {
     fn write_timeline(&mut self, conn: &Connection) -> Result<(), StoreError> {
         self.timeline.sort_unstable();
         let mut stmt = conn.prepare_cached(
-            "INSERT OR IGNORE INTO timeline (ws, profile, ts, seq) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR IGNORE INTO timeline (ws, profile, ts, seq, track) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for (ws, profile, ts, seq) in self.timeline.drain(..) {
-            stmt.execute(params![ws, profile, ts, seq])?;
+        for (ws, profile, ts, seq, track) in self.timeline.drain(..) {
+            stmt.execute(params![ws, profile, ts, seq, track])?;
         }
         Ok(())
     }

@@ -813,6 +813,54 @@ mod tests {
         assert_eq!(timeline(&p.conn).last(), Some(&(4, survivor)));
     }
 
+    /// Each timeline entry says whether it is a track event (an event decided here, back without its body
+    /// read, included), and a person's track events are read from the log for the entries that say so and
+    /// for those written before entries said (NULL) only.
+    #[test]
+    fn the_timeline_says_which_entries_are_track_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut p) = projector(dir.path());
+        two_visitors_then_one_person(&log);
+        let clock = seam_core::clock::ManualClock::new(10_000);
+        let decided = p.step(3, &clock).unwrap().emitted;
+        append_row(&log, 4, &decided[0].log);
+        assert_eq!(p.step(4, &clock).unwrap().returned, 1, "the merge");
+        let flags: Vec<(i64, Option<bool>)> = p
+            .conn
+            .prepare("SELECT seq, track FROM timeline ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            flags,
+            [
+                (1, Some(true)),
+                (2, Some(true)),
+                (3, Some(false)),
+                (4, Some(false))
+            ]
+        );
+        let person = timeline(&p.conn)[0].1;
+        let tracks = |conn: &Connection| -> Vec<i64> {
+            crate::segments::track_events(conn, "main", "log", crate::WorkspaceKey(1), person, 0)
+                .unwrap()
+                .into_iter()
+                .map(|(seq, _)| seq)
+                .collect()
+        };
+        assert_eq!(tracks(&p.conn), [1, 2]);
+        // An entry marked as no track event is not looked up; one from before the marks is.
+        p.conn
+            .execute("UPDATE timeline SET track = 0 WHERE seq = 2", [])
+            .unwrap();
+        p.conn
+            .execute("UPDATE timeline SET track = NULL WHERE seq = 1", [])
+            .unwrap();
+        assert_eq!(tracks(&p.conn), [1]);
+    }
+
     /// After a restart the identifiers already held are found again, whether the workspace's identifiers are
     /// read whole into the cache (a new one is then known to be new without a read) or looked up one by one;
     /// both end with the same people.

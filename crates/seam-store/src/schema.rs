@@ -381,6 +381,14 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE outbox_by_row RENAME TO outbox;
     "#,
     ),
+    (
+        14,
+        r#"
+    -- Whether each timeline entry is a track event (1) or not (0), so that a person's track events are read
+    -- from the log without looking up their other entries there; NULL (entries written before) is looked up.
+    ALTER TABLE timeline ADD COLUMN track INTEGER;
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.

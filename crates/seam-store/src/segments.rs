@@ -318,7 +318,8 @@ pub(crate) fn track_events(
 ) -> Result<Vec<(i64, PersonEvent)>, StoreError> {
     let mut stmt = c.prepare_cached(&format!(
         "SELECT t.seq, e.body FROM {proj}.timeline t JOIN {log}.events e ON e.seq = t.seq
-         WHERE t.ws = ?1 AND t.profile = ?2 AND t.seq > ?3 AND e.type = 'track' ORDER BY t.ts, t.seq"
+         WHERE t.ws = ?1 AND t.profile = ?2 AND t.seq > ?3 AND t.track IS NOT 0 AND e.type = 'track'
+         ORDER BY t.ts, t.seq"
     ))?;
     let mut events = Vec::new();
     let rows = stmt.query_map(params![ws.0, k, after], |r| {
