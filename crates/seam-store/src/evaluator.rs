@@ -5,7 +5,7 @@
 //! The projector hands it a batch of profiles from `pending_evaluations` (at most [`IN_FLIGHT`] batches at a
 //! time, never sharing a profile) and later writes what came back ([`crate::decide::Assessment`]) in its own
 //! transaction. An assessment is only as good as the reading it was made from (a read transaction per
-//! profile, begun after the batch was handed out), so the projector numbers its
+//! [`PER_READ`] profiles, begun after the batch was handed out), so the projector numbers its
 //! commits and remembers, while batches are out, which profiles each commit touched and whether it changed
 //! the definitions or ran a step of a backfill. An assessment of a profile touched after its batch was handed
 //! out (or of any profile, after such a change) is dropped, and that profile stays queued for a later batch,
@@ -28,6 +28,13 @@ pub(crate) const IN_FLIGHT: usize = 2;
 
 /// Profiles in a batch.
 pub(crate) const BATCH: usize = 2_000;
+
+/// Profiles evaluated in one read transaction. A read transaction that begins after either file changed
+/// (nearly always: the projector and the log writer never stop) starts with SQLite's cache of it emptied, so
+/// each one reads the upper pages of every index it uses again; evaluated one to a transaction, a person's
+/// reads were mostly such pages. A hundred people take a few milliseconds, so the WALs are not held for
+/// longer than that.
+const PER_READ: usize = 100;
 
 /// A profile of a workspace: (workspace key, profile key).
 pub(crate) type Key = (i64, i64);
@@ -251,14 +258,19 @@ impl Drop for Evaluator {
 fn evaluate(conn: &Connection, job: &Job) -> Result<Vec<Option<Assessment>>, StoreError> {
     let mut defs = HashMap::new();
     let mut out = Vec::with_capacity(job.profiles.len());
-    for &(ws, profile) in &job.profiles {
-        if let std::collections::hash_map::Entry::Vacant(slot) = defs.entry(ws) {
-            slot.insert(load_defs(conn, ws)?);
-        }
+    for people in job.profiles.chunks(PER_READ) {
         conn.execute_batch("BEGIN")?;
-        let found = assess(conn, &defs[&ws], ws, profile, job.now, None);
+        let found = (|| {
+            for &(ws, profile) in people {
+                if let std::collections::hash_map::Entry::Vacant(slot) = defs.entry(ws) {
+                    slot.insert(load_defs(conn, ws)?);
+                }
+                out.push(assess(conn, &defs[&ws], ws, profile, job.now, None)?);
+            }
+            Ok::<_, StoreError>(())
+        })();
         conn.execute_batch("COMMIT")?;
-        out.push(found?);
+        found?;
     }
     Ok(out)
 }
