@@ -55,8 +55,8 @@ impl Emitted {
 
     /// Writes a change of membership to the outbox: the `segment_entered` / `segment_exited` event at `at` that
     /// says `profile` entered or left segment `segment_id` (named `segment`). Its body is what serialising
-    /// `Event::system` of it gives, written without building the event (a membership change is the system
-    /// event Seam decides most: about two for every five events received with twenty segments active).
+    /// `Event::system` of it gives, written without building the event (with segments active, a membership
+    /// change is the system event Seam decides most).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn membership(
         conn: &Connection,

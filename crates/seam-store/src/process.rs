@@ -89,7 +89,8 @@ pub(crate) struct Processor {
     returned: usize,
     /// The outbox's rows: every system event decided and not yet back through the log.
     outbox: Pending,
-    /// Timeline entries (workspace, profile, time, log position) of this transaction, written by `flush`.
+    /// Timeline entries (workspace, profile, time, log position, whether a track event) of this transaction,
+    /// written by `flush`.
     timeline: Vec<(i64, i64, i64, Seq, bool)>,
     /// Membership decisions are made for events after this log position (older ones are replayed).
     decide_after: Seq,
