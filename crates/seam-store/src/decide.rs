@@ -235,7 +235,13 @@ impl<'t> Recorder<'t> {
             self.decisions
         );
         self.emitted.push(Emitted::membership(
-            tx, ws, kind, message_id, now, id, name, profile,
+            tx,
+            ws,
+            kind,
+            message_id,
+            now,
+            (id, name),
+            profile,
         )?);
         Ok(())
     }

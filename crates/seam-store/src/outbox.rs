@@ -54,18 +54,16 @@ impl Emitted {
     }
 
     /// Writes a change of membership to the outbox: the `segment_entered` / `segment_exited` event at `at` that
-    /// says `profile` entered or left segment `segment_id` (named `segment`). Its body is what serialising
+    /// says `profile` entered or left the segment `(id, name)`. Its body is what serialising
     /// `Event::system` of it gives, written without building the event (with segments active, a membership
     /// change is the system event Seam decides most).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn membership(
         conn: &Connection,
         ws: i64,
         kind: EventType,
         message_id: String,
         at: Millis,
-        segment_id: &str,
-        segment: &str,
+        (segment_id, segment): (&str, &str),
         profile: i64,
     ) -> Result<Self, StoreError> {
         let person = String::from(ProfileId::from_seq(profile));
@@ -304,8 +302,7 @@ mod tests {
                 kind,
                 "$seam:x\"y".into(),
                 1_234,
-                "seg_7",
-                name,
+                ("seg_7", name),
                 42,
             )
             .unwrap();
