@@ -84,7 +84,7 @@ impl Emitted {
             body,
             r#"}},"timestamp":{at},"received_at":{at},"source":"seam"}}"#
         )?;
-        let json = String::from_utf8(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = String::from_utf8(body).expect("written from UTF-8 text");
         let log = LogRow {
             message_id,
             kind: kind.as_str(),
