@@ -254,7 +254,7 @@ impl Drop for Evaluator {
     }
 }
 
-/// Evaluates a batch, each profile in a read transaction of its own: one consistent reading of the person, and
+/// Evaluates a batch, [`PER_READ`] profiles to a read transaction: one consistent reading of each person, and
 /// no snapshot held for long (starting the projections' WAL over waits for every reader). Every one of them
 /// starts after the batch was handed out, which is all the staleness rule needs.
 fn evaluate(conn: &Connection, job: &Job) -> Result<Vec<Option<Assessment>>, StoreError> {
