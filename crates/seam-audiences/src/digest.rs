@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::ast::{Expr, Metric};
@@ -87,12 +87,12 @@ impl Needs {
                 .is_some_and(|n| n.properties.contains(property))
     }
 
-    /// A fingerprint of these needs (FNV-1a of their canonical form): a digest made under other needs is
-    /// rebuilt, not used.
+    /// A fingerprint of these needs and of the digest's stored form (FNV-1a of their canonical form): a
+    /// digest made under other needs, or stored in another form, is rebuilt, not used.
     pub fn fingerprint(&self) -> i64 {
         let text = serde_json::to_string(self).unwrap_or_default();
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes() {
+        for b in std::iter::once(codec::VERSION).chain(text.bytes()) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -161,21 +161,17 @@ impl Needs {
 }
 
 /// The events of a person that definitions may still read, in time order.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Digest {
     pub events: Vec<Kept>,
 }
 
 /// One event kept in a digest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Kept {
-    #[serde(rename = "s")]
     pub seq: i64,
-    #[serde(rename = "t")]
     pub at: Millis,
-    #[serde(rename = "n")]
     pub name: String,
-    #[serde(rename = "p", default, skip_serializing_if = "Map::is_empty")]
     pub properties: Map<String, Value>,
 }
 
@@ -190,5 +186,313 @@ impl Digest {
                 properties: k.properties.clone(),
             })
             .collect()
+    }
+
+    /// The kept events as evaluation reads them, moved out of the digest.
+    pub fn into_person_events(self) -> Vec<PersonEvent> {
+        self.events
+            .into_iter()
+            .map(|k| PersonEvent {
+                name: k.name,
+                at: k.at,
+                properties: k.properties,
+            })
+            .collect()
+    }
+
+    /// The digest in its stored form (see [`codec`]).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// A digest from its stored form; an error names what is wrong with the bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DigestError> {
+        codec::decode(bytes)
+    }
+}
+
+/// Stored bytes that are not a digest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored digest is unreadable at byte {at}: {reason}")]
+pub struct DigestError {
+    pub at: usize,
+    pub reason: &'static str,
+}
+
+/// The stored form of a digest: compact bytes rather than JSON, since a digest is written at every evaluation
+/// and its events repeat the same names, property keys and values (a product's id on each view of it).
+///
+/// A version byte, then the number of events and each event: its log position and time as the signed
+/// difference from the previous event's (zigzag varints), its name, and its properties (a count, then each
+/// key and value). Every string (name, key or string value) is written in full the first time and as its
+/// number in the order of first appearance after that. A value is a tag byte and its content: null, false,
+/// true, an unsigned or a negative integer (varint), a float (8 bytes, little-endian, so it reads back
+/// bit for bit), a string, an array (count, values) or an object (count, key and value each).
+pub mod codec {
+    use std::collections::HashMap;
+
+    use serde_json::{Map, Number, Value};
+
+    use super::{Digest, DigestError, Kept};
+
+    /// The form's version: part of [`Needs::fingerprint`](super::Needs::fingerprint).
+    pub(super) const VERSION: u8 = 1;
+    const NULL: u8 = 0;
+    const FALSE: u8 = 1;
+    const TRUE: u8 = 2;
+    const UNSIGNED: u8 = 3;
+    const NEGATIVE: u8 = 4;
+    const FLOAT: u8 = 5;
+    const STRING: u8 = 6;
+    const ARRAY: u8 = 7;
+    const OBJECT: u8 = 8;
+    /// How deeply values may nest: serde_json's own limit, so every property read from an event fits.
+    const MAX_DEPTH: usize = 128;
+
+    pub fn encode(digest: &Digest) -> Vec<u8> {
+        let mut w = Writer {
+            out: Vec::with_capacity(16 + digest.events.len() * 32),
+            strings: HashMap::new(),
+        };
+        w.out.push(VERSION);
+        w.varint(digest.events.len() as u64);
+        let (mut seq, mut at) = (0i64, 0i64);
+        for k in &digest.events {
+            w.signed(k.seq.wrapping_sub(seq));
+            w.signed(k.at.wrapping_sub(at));
+            (seq, at) = (k.seq, k.at);
+            w.string(&k.name);
+            w.object(&k.properties);
+        }
+        w.out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Digest, DigestError> {
+        let mut r = Reader {
+            bytes,
+            at: 0,
+            strings: Vec::new(),
+        };
+        if r.byte()? != VERSION {
+            return Err(r.error("unknown version"));
+        }
+        let n = r.count()?;
+        let mut events = Vec::with_capacity(n);
+        let (mut seq, mut at) = (0i64, 0i64);
+        for _ in 0..n {
+            seq = seq.wrapping_add(r.signed()?);
+            at = at.wrapping_add(r.signed()?);
+            let name = r.string()?.to_owned();
+            let properties = r.object(0)?;
+            events.push(Kept {
+                seq,
+                at,
+                name,
+                properties,
+            });
+        }
+        if r.at != bytes.len() {
+            return Err(r.error("bytes after the last event"));
+        }
+        Ok(Digest { events })
+    }
+
+    struct Writer<'d> {
+        out: Vec<u8>,
+        /// Each string written so far and its number.
+        strings: HashMap<&'d str, u64>,
+    }
+
+    impl<'d> Writer<'d> {
+        fn varint(&mut self, mut v: u64) {
+            while v >= 0x80 {
+                self.out.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            self.out.push(v as u8);
+        }
+
+        fn signed(&mut self, v: i64) {
+            self.varint(((v << 1) ^ (v >> 63)) as u64);
+        }
+
+        /// A string seen before is its number (odd); a new one its length (even) and its bytes.
+        fn string(&mut self, s: &'d str) {
+            match self.strings.get(s) {
+                Some(&i) => self.varint((i << 1) | 1),
+                None => {
+                    let i = self.strings.len() as u64;
+                    self.strings.insert(s, i);
+                    self.varint((s.len() as u64) << 1);
+                    self.out.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+
+        fn object(&mut self, map: &'d Map<String, Value>) {
+            self.varint(map.len() as u64);
+            for (k, v) in map {
+                self.string(k);
+                self.value(v);
+            }
+        }
+
+        fn value(&mut self, v: &'d Value) {
+            match v {
+                Value::Null => self.out.push(NULL),
+                Value::Bool(false) => self.out.push(FALSE),
+                Value::Bool(true) => self.out.push(TRUE),
+                Value::Number(n) => {
+                    if let Some(u) = n.as_u64() {
+                        self.out.push(UNSIGNED);
+                        self.varint(u);
+                    } else if let Some(i) = n.as_i64() {
+                        // Negative: its distance below zero, less one (so i64::MIN fits).
+                        self.out.push(NEGATIVE);
+                        self.varint(!(i as u64));
+                    } else {
+                        self.out.push(FLOAT);
+                        let f = n.as_f64().unwrap_or(0.0);
+                        self.out.extend_from_slice(&f.to_le_bytes());
+                    }
+                }
+                Value::String(s) => {
+                    self.out.push(STRING);
+                    self.string(s);
+                }
+                Value::Array(items) => {
+                    self.out.push(ARRAY);
+                    self.varint(items.len() as u64);
+                    for item in items {
+                        self.value(item);
+                    }
+                }
+                Value::Object(map) => {
+                    self.out.push(OBJECT);
+                    self.object(map);
+                }
+            }
+        }
+    }
+
+    struct Reader<'b> {
+        bytes: &'b [u8],
+        at: usize,
+        /// The strings read so far, by number.
+        strings: Vec<&'b str>,
+    }
+
+    impl<'b> Reader<'b> {
+        fn error(&self, reason: &'static str) -> DigestError {
+            DigestError {
+                at: self.at,
+                reason,
+            }
+        }
+
+        fn byte(&mut self) -> Result<u8, DigestError> {
+            let b = *self
+                .bytes
+                .get(self.at)
+                .ok_or_else(|| self.error("ends too soon"))?;
+            self.at += 1;
+            Ok(b)
+        }
+
+        fn varint(&mut self) -> Result<u64, DigestError> {
+            let mut v = 0u64;
+            for shift in (0..64).step_by(7) {
+                let b = self.byte()?;
+                v |= u64::from(b & 0x7f) << shift;
+                if b & 0x80 == 0 {
+                    return Ok(v);
+                }
+            }
+            Err(self.error("a number longer than 64 bits"))
+        }
+
+        fn signed(&mut self) -> Result<i64, DigestError> {
+            let v = self.varint()?;
+            Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+        }
+
+        /// A count of things that each take at least a byte: never more than the bytes left.
+        fn count(&mut self) -> Result<usize, DigestError> {
+            let n = self.varint()?;
+            match usize::try_from(n) {
+                Ok(n) if n <= self.bytes.len() - self.at => Ok(n),
+                _ => Err(self.error("a count larger than the bytes left")),
+            }
+        }
+
+        fn string(&mut self) -> Result<&'b str, DigestError> {
+            let v = self.varint()?;
+            if v & 1 == 1 {
+                return usize::try_from(v >> 1)
+                    .ok()
+                    .and_then(|i| self.strings.get(i).copied())
+                    .ok_or_else(|| self.error("a string number not yet seen"));
+            }
+            let len = usize::try_from(v >> 1)
+                .ok()
+                .filter(|&len| len <= self.bytes.len() - self.at)
+                .ok_or_else(|| self.error("a string longer than the bytes left"))?;
+            let s = std::str::from_utf8(&self.bytes[self.at..self.at + len])
+                .map_err(|_| self.error("a string that is not UTF-8"))?;
+            self.at += len;
+            self.strings.push(s);
+            Ok(s)
+        }
+
+        fn object(&mut self, depth: usize) -> Result<Map<String, Value>, DigestError> {
+            if depth > MAX_DEPTH {
+                return Err(self.error("values nested too deeply"));
+            }
+            let n = self.count()?;
+            let mut map = Map::new();
+            for _ in 0..n {
+                let k = self.string()?.to_owned();
+                let v = self.value(depth)?;
+                map.insert(k, v);
+            }
+            Ok(map)
+        }
+
+        fn value(&mut self, depth: usize) -> Result<Value, DigestError> {
+            Ok(match self.byte()? {
+                NULL => Value::Null,
+                FALSE => Value::Bool(false),
+                TRUE => Value::Bool(true),
+                UNSIGNED => Value::Number(self.varint()?.into()),
+                NEGATIVE => Value::Number((!self.varint()? as i64).into()),
+                FLOAT => {
+                    let end = self.at + 8;
+                    let raw = self
+                        .bytes
+                        .get(self.at..end)
+                        .ok_or_else(|| self.error("ends too soon"))?;
+                    let f = f64::from_le_bytes(raw.try_into().unwrap_or_default());
+                    self.at = end;
+                    Value::Number(
+                        Number::from_f64(f)
+                            .ok_or_else(|| self.error("a number that is not finite"))?,
+                    )
+                }
+                STRING => Value::String(self.string()?.to_owned()),
+                ARRAY => {
+                    if depth >= MAX_DEPTH {
+                        return Err(self.error("values nested too deeply"));
+                    }
+                    let n = self.count()?;
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.value(depth + 1)?);
+                    }
+                    Value::Array(items)
+                }
+                OBJECT => Value::Object(self.object(depth + 1)?),
+                _ => return Err(self.error("an unknown value tag")),
+            })
+        }
     }
 }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 use seam_audiences::ast::Metric;
 use seam_audiences::digest::{Digest, Needs};
@@ -129,21 +130,32 @@ fn digest_events(
     profile: i64,
     now: Millis,
     fresh: Option<Fresh<'_>>,
-) -> Result<(Vec<PersonEvent>, Option<(i64, i64, String)>), StoreError> {
+) -> Result<(Vec<PersonEvent>, Option<(i64, i64, Vec<u8>)>), StoreError> {
     if d.needs.is_empty() {
         return Ok((Vec::new(), None));
     }
-    let stored: Option<(i64, i64, String)> = conn
+    // A digest made for other definitions (or stored in an earlier form, whose fingerprints differ) is made
+    // again: its body is not read. So is one that cannot be read: it holds nothing the timeline does not.
+    let stored = conn
         .prepare_cached("SELECT needs, upto, body FROM digests WHERE ws = ?1 AND profile = ?2")?
         .query_row(params![ws, profile], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            let made_for: i64 = r.get(0)?;
+            Ok(match r.get_ref(2)? {
+                ValueRef::Blob(body) if made_for == d.needs_fp => {
+                    Some((r.get::<_, i64>(1)?, Digest::from_bytes(body)))
+                }
+                _ => None,
+            })
         })
-        .optional()?;
+        .optional()?
+        .flatten();
     let (mut digest, mut upto): (Digest, i64) = match stored {
-        Some((made_for, upto, body)) if made_for == d.needs_fp => {
-            (serde_json::from_str(&body)?, upto)
+        Some((upto, Ok(digest))) => (digest, upto),
+        Some((_, Err(e))) => {
+            tracing::warn!(profile, error = %e, "a stored digest is unreadable; made again from the timeline");
+            (Digest::default(), -1)
         }
-        _ => (Digest::default(), -1),
+        None => (Digest::default(), -1),
     };
     let fresh = match fresh {
         Some(f) if upto >= 0 && upto == f.before => {
@@ -166,10 +178,10 @@ fn digest_events(
     }
     changed |= d.needs.prune(&mut digest, now);
     let store = match changed {
-        true => Some((d.needs_fp, upto.max(0), serde_json::to_string(&digest)?)),
+        true => Some((d.needs_fp, upto.max(0), digest.to_bytes())),
         false => None,
     };
-    Ok((digest.person_events(), store))
+    Ok((digest.into_person_events(), store))
 }
 
 /// Records changes of membership decided in one transaction (by evaluation or by a backfill).
@@ -289,7 +301,7 @@ impl<'t> Decider<'t> {
 #[derive(Debug)]
 pub(crate) struct Assessment {
     /// The digest to store, when it changed: (needs fingerprint, last log position seen, body).
-    digest: Option<(i64, i64, String)>,
+    digest: Option<(i64, i64, Vec<u8>)>,
     /// Each computed trait's value (`None`: none).
     computed: Vec<(String, Option<serde_json::Value>)>,
     /// Segments whose membership changes: (id, name, member).
@@ -645,11 +657,7 @@ mod tests {
         }
         conn.execute(
             "INSERT INTO digests (ws, profile, needs, upto, body) VALUES (1, 7, ?1, ?2, ?3)",
-            params![
-                defs.needs_fp,
-                digested,
-                serde_json::to_string(&digest).unwrap()
-            ],
+            params![defs.needs_fp, digested, digest.to_bytes()],
         )
         .unwrap();
         conn
@@ -691,5 +699,42 @@ mod tests {
             events: vec![(3, third.as_str())],
         };
         assert_eq!(times(&conn, fresh), [1, 2, 3]);
+    }
+
+    /// A digest stored as JSON (before digests were compact bytes) or whose bytes cannot be read is made again
+    /// from the timeline rather than trusted or failing the evaluation.
+    #[test]
+    fn a_digest_in_another_form_or_unreadable_is_made_again_from_the_timeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = person(dir.path(), 3, 2);
+        let fresh = |third: &str| -> Vec<i64> {
+            times(
+                &conn,
+                Fresh {
+                    before: 2,
+                    events: vec![(3, third)],
+                },
+            )
+        };
+        let third = body(3);
+        for stored in [
+            rusqlite::types::Value::Text(
+                r#"{"events":[{"s":1,"t":86400000,"n":"Viewed"}]}"#.into(),
+            ),
+            rusqlite::types::Value::Blob(vec![1, 5, 0]),
+        ] {
+            conn.execute("UPDATE digests SET body = ?1", [&stored])
+                .unwrap();
+            assert_eq!(fresh(&third), [1, 2, 3], "{stored:?}");
+        }
+        let (_, store) =
+            digest_events(&conn, &load_defs(&conn, 1).unwrap(), 1, 7, 10 * DAY, None).unwrap();
+        let (_, upto, body) = store.expect("the digest made again is stored");
+        assert_eq!(upto, 3);
+        let made = seam_audiences::digest::Digest::from_bytes(&body).unwrap();
+        assert_eq!(
+            made.events.iter().map(|k| k.seq).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
     }
 }

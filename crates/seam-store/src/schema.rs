@@ -389,6 +389,14 @@ pub const PROJECTION_MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE timeline ADD COLUMN track INTEGER;
     "#,
     ),
+    (
+        15,
+        r#"
+    -- A digest's body is now compact bytes (seam_audiences::digest::codec), not JSON; digests are made again
+    -- from the timeline at each person's next evaluation.
+    DELETE FROM digests;
+    "#,
+    ),
 ];
 
 /// Every table of projections.db: emptied by a rebuild, compared by `dump_projections`.
