@@ -200,7 +200,7 @@ impl Digest {
             .collect()
     }
 
-    /// The digest in its stored form (see [`codec`]).
+    /// The digest in its stored form (see the `codec` module).
     pub fn to_bytes(&self) -> Vec<u8> {
         codec::encode(self)
     }
@@ -228,7 +228,7 @@ pub struct DigestError {
 /// number in the order of first appearance after that. A value is a tag byte and its content: null, false,
 /// true, an unsigned or a negative integer (varint), a float (8 bytes, little-endian, so it reads back
 /// bit for bit), a string, an array (count, values) or an object (count, key and value each).
-pub mod codec {
+mod codec {
     use std::collections::HashMap;
 
     use serde_json::{Map, Number, Value};
@@ -249,7 +249,7 @@ pub mod codec {
     /// How deeply values may nest: serde_json's own limit, so every property read from an event fits.
     const MAX_DEPTH: usize = 128;
 
-    pub fn encode(digest: &Digest) -> Vec<u8> {
+    pub(super) fn encode(digest: &Digest) -> Vec<u8> {
         let mut w = Writer {
             out: Vec::with_capacity(16 + digest.events.len() * 32),
             strings: HashMap::new(),
@@ -267,7 +267,7 @@ pub mod codec {
         w.out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Digest, DigestError> {
+    pub(super) fn decode(bytes: &[u8]) -> Result<Digest, DigestError> {
         let mut r = Reader {
             bytes,
             at: 0,

@@ -104,7 +104,7 @@ impl Person {
             needs.admit(&mut digest, *seq, &e.name, e.at, &e.properties);
         }
         needs.prune(&mut digest, now);
-        digest.person_events()
+        digest.into_person_events()
     }
 }
 
