@@ -72,7 +72,7 @@ pub(crate) async fn render(State(s): State<AppState>) -> impl IntoResponse {
     );
     counter(
         "seam_evaluations_apart_total",
-        "Profiles whose segments were decided from an evaluation on the evaluator's thread, off the projector's.",
+        "Profiles whose segments were decided from an evaluation on an evaluator thread, off the projector's.",
         load(&st.evaluated_apart),
     );
     counter(

@@ -526,8 +526,8 @@ pub(crate) fn decide(
     let held = |k: &Key| evaluator.as_ref().is_some_and(|e| e.holds(k));
     let out = evaluator.as_ref().map_or(0, |e| e.held());
     let apart_from_here = evaluator.as_ref().filter(|e| e.running() && !inline);
-    // As many batches as the evaluator has room for: with only one, the batch the thread evaluates while the
-    // projector writes the other would be missing whenever both came back to one pass.
+    // As many batches as the evaluator threads have room for (two a thread): with only one, the batch a thread
+    // evaluates while the projector writes the other would be missing whenever both came back to one pass.
     let take = match apart_from_here {
         None => limit,
         Some(ev) if ev.room() > 0 => ev.room() * crate::evaluator::BATCH,

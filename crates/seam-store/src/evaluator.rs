@@ -1,19 +1,20 @@
-//! The evaluator: a thread that evaluates queued profiles against their segments, reading the projections,
-//! while the projector goes on applying events, so that a backlog of evaluations uses the second
-//! core rather than taking turns with the events on the projector's.
+//! The evaluators: threads that evaluate queued profiles against their segments, reading the projections,
+//! while the projector goes on applying events, so that a backlog of evaluations uses the other cores rather
+//! than taking turns with the events on the projector's.
 //!
-//! The projector hands it a batch of profiles from `pending_evaluations` (at most [`IN_FLIGHT`] batches at a
-//! time, never sharing a profile) and later writes what came back ([`crate::decide::Assessment`]) in its own
-//! transaction. An assessment is only as good as the reading it was made from (a read transaction per
-//! [`PER_READ`] profiles, begun after the batch was handed out), so the projector numbers its
-//! commits and remembers, while batches are out, which profiles each commit touched and whether it changed
-//! the definitions or ran a step of a backfill. An assessment of a profile touched after its batch was handed
-//! out (or of any profile, after such a change) is dropped, and that profile stays queued for a later batch,
-//! which reads it again: the projector's own thread, the one that applies events, does not evaluate it in
-//! the meantime.
+//! The projector hands them batches of profiles from `pending_evaluations` (at most two a thread out at a
+//! time, never sharing a profile), each taken by whichever thread is free, and later writes what came back
+//! ([`crate::decide::Assessment`]) in its own transaction, in the order the batches come back. An assessment
+//! is only as good as the reading it was made from (a read transaction per [`PER_READ`] profiles, begun after
+//! the batch was handed out), so the projector numbers its commits and remembers, while batches are out,
+//! which profiles each commit touched and whether it changed the definitions or ran a step of a backfill. An
+//! assessment of a profile touched after its batch was handed out (or of any profile, after such a change) is
+//! dropped, and that profile stays queued for a later batch, which reads it again: the projector's own
+//! thread, the one that applies events, does not evaluate it in the meantime.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,8 +24,15 @@ use seam_core::Millis;
 use crate::decide::{assess, load_defs, Assessment};
 use crate::StoreError;
 
-/// Batches out at once: one evaluated while the projector writes the other.
-pub(crate) const IN_FLIGHT: usize = 2;
+/// Batches out at once for each thread: one evaluated while the projector writes the other.
+const IN_FLIGHT_PER_THREAD: usize = 2;
+
+/// Evaluator threads: one a core, at most four. In a drain of queued evaluations (after a backlog of events
+/// was applied) the evaluation is the bottleneck and the projector, writing what was found, idles most of the
+/// time (BENCHMARKS, "Evaluators on every core").
+pub(crate) fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
 
 /// Profiles in a batch.
 pub(crate) const BATCH: usize = 2_000;
@@ -60,7 +68,11 @@ pub(crate) struct Batch {
 pub(crate) struct Evaluator {
     jobs: Option<SyncSender<Job>>,
     done: Receiver<Batch>,
-    handle: Option<JoinHandle<()>>,
+    handles: Vec<JoinHandle<()>>,
+    /// Batches that may be out at once.
+    in_flight: usize,
+    /// Whether the log is ahead of the projections (see [`Evaluator::room`]).
+    log_ahead: bool,
     /// The commit each batch handed out and not yet taken back was handed out after, oldest first.
     out: VecDeque<u64>,
     /// Batches back, not yet written.
@@ -76,30 +88,28 @@ pub(crate) struct Evaluator {
 }
 
 impl Evaluator {
-    /// Starts the thread, reading the projections through `conn` (with the log attached as `log`).
-    pub(crate) fn start(conn: Connection) -> std::io::Result<Self> {
-        let (jobs, inbox) = sync_channel::<Job>(IN_FLIGHT);
-        let (outbox, done) = sync_channel::<Batch>(IN_FLIGHT);
-        let handle = std::thread::Builder::new()
-            .name("seam-evaluator".into())
-            .spawn(move || {
-                while let Ok(job) = inbox.recv() {
-                    let outcome = evaluate(&conn, &job);
-                    let batch = Batch {
-                        commit: job.commit,
-                        now: job.now,
-                        profiles: job.profiles,
-                        outcome,
-                    };
-                    if outbox.send(batch).is_err() {
-                        break;
-                    }
-                }
-            })?;
+    /// Starts a thread for each connection, reading the projections through it (with the log attached as
+    /// `log`).
+    pub(crate) fn start(conns: Vec<Connection>) -> std::io::Result<Self> {
+        let in_flight = IN_FLIGHT_PER_THREAD * conns.len().max(1);
+        let (jobs, inbox) = sync_channel::<Job>(in_flight);
+        let (outbox, done) = sync_channel::<Batch>(in_flight);
+        let inbox = Arc::new(Mutex::new(inbox));
+        let mut handles = Vec::new();
+        for conn in conns {
+            let (inbox, outbox) = (inbox.clone(), outbox.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name("seam-evaluator".into())
+                    .spawn(move || work(&conn, &inbox, &outbox))?,
+            );
+        }
         Ok(Self {
             jobs: Some(jobs),
             done,
-            handle: Some(handle),
+            handles,
+            in_flight,
+            log_ahead: false,
             out: VecDeque::new(),
             ready: VecDeque::new(),
             handed: HashSet::new(),
@@ -109,9 +119,22 @@ impl Evaluator {
         })
     }
 
+    /// Tells whether the log is ahead of the projections: while it is, at most one thread's batches are out.
+    /// A backlog of events touches the same people again and again, so what is evaluated before their events
+    /// are all applied is mostly evaluated again, and writing it takes the projector's time, which the backlog
+    /// is waiting for; once the projector has caught up, every thread takes batches.
+    pub(crate) fn pace(&mut self, log_ahead: bool) {
+        self.log_ahead = log_ahead;
+    }
+
     /// How many more batches may be handed out.
     pub(crate) fn room(&self) -> usize {
-        IN_FLIGHT.saturating_sub(self.out.len() + self.ready.len())
+        let most = if self.log_ahead {
+            IN_FLIGHT_PER_THREAD.min(self.in_flight)
+        } else {
+            self.in_flight
+        };
+        most.saturating_sub(self.out.len() + self.ready.len())
     }
 
     /// How many profiles are in batches out or ready.
@@ -165,23 +188,26 @@ impl Evaluator {
             return;
         }
         match self.done.recv_timeout(time) {
-            Ok(batch) => {
-                self.out.pop_front();
-                self.ready.push_back(batch);
-            }
+            Ok(batch) => self.back(batch),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => self.lost(),
         }
+    }
+
+    /// A batch back from a thread. Threads finish in any order: the batch's own entry leaves `out`, so that
+    /// the oldest batch still out keeps what touched its profiles since it was handed out.
+    fn back(&mut self, batch: Batch) {
+        if let Some(i) = self.out.iter().position(|&c| c == batch.commit) {
+            self.out.remove(i);
+        }
+        self.ready.push_back(batch);
     }
 
     /// The batches back so far, to be written; their profiles are no longer handed out.
     pub(crate) fn take_back(&mut self) -> Vec<Batch> {
         loop {
             match self.done.try_recv() {
-                Ok(batch) => {
-                    self.out.pop_front();
-                    self.ready.push_back(batch);
-                }
+                Ok(batch) => self.back(batch),
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     self.lost();
@@ -229,10 +255,10 @@ impl Evaluator {
         }
     }
 
-    /// The thread is gone (it panicked): its batches will not come back, and their profiles, still queued, are
-    /// handed out no more; the projector evaluates them itself from now on.
+    /// Every thread is gone (each ended after a panic, see `work`): no batch will come back, and the profiles
+    /// of those out, still queued, are handed out no more; the projector evaluates them itself from now on.
     fn lost(&mut self) {
-        tracing::error!("the evaluator thread stopped; the projector evaluates alone");
+        tracing::error!("the evaluator threads stopped; the projector evaluates alone");
         self.jobs = None;
         self.out.clear();
         self.handed.clear();
@@ -246,10 +272,39 @@ impl Evaluator {
 
 impl Drop for Evaluator {
     fn drop(&mut self) {
-        // Without its inbox the thread ends after the batch in hand (its answer fits the channel).
+        // Without their inbox the threads end after the batch in hand (their answers fit the channel).
         self.jobs = None;
-        if let Some(handle) = self.handle.take() {
+        for handle in self.handles.drain(..) {
             let _ = handle.join();
+        }
+    }
+}
+
+/// An evaluator thread: takes the next batch handed out, evaluates it and sends it back, until the projector's
+/// side is gone. A batch whose evaluation panicked comes back as failed (the projector evaluates its profiles
+/// itself) and the thread ends; the others go on.
+fn work(conn: &Connection, inbox: &Mutex<Receiver<Job>>, outbox: &SyncSender<Batch>) {
+    loop {
+        let job = match inbox.lock().map(|rx| rx.recv()) {
+            Ok(Ok(job)) => job,
+            _ => return,
+        };
+        let evaluated =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| evaluate(conn, &job)));
+        let panicked = evaluated.is_err();
+        let outcome = evaluated.unwrap_or_else(|_| {
+            Err(StoreError::Io(std::io::Error::other(
+                "an evaluator thread panicked",
+            )))
+        });
+        let batch = Batch {
+            commit: job.commit,
+            now: job.now,
+            profiles: job.profiles,
+            outcome,
+        };
+        if outbox.send(batch).is_err() || panicked {
+            return;
         }
     }
 }
@@ -294,7 +349,8 @@ mod tests {
     /// every profile after a definition changed; commits before it, and other profiles, leave it good.
     #[test]
     fn a_profile_touched_after_its_batch_was_handed_out_is_stale() {
-        let mut ev = Evaluator::start(rusqlite::Connection::open_in_memory().unwrap()).unwrap();
+        let mut ev =
+            Evaluator::start(vec![rusqlite::Connection::open_in_memory().unwrap()]).unwrap();
         ev.committed([(1, 7)], false);
         ev.hand_out(0, vec![(1, 7), (1, 8)]);
         assert!(ev.holds(&(1, 7)) && ev.holds(&(1, 8)));
@@ -316,7 +372,8 @@ mod tests {
     /// evaluate comes back with its error, and its profiles are no longer held.
     #[test]
     fn a_failed_batch_comes_back_with_its_error() {
-        let mut ev = Evaluator::start(rusqlite::Connection::open_in_memory().unwrap()).unwrap();
+        let mut ev =
+            Evaluator::start(vec![rusqlite::Connection::open_in_memory().unwrap()]).unwrap();
         ev.committed([(1, 7)], true);
         assert!(ev.touched.is_empty());
         ev.hand_out(5, vec![(1, 7)]);
@@ -332,13 +389,14 @@ mod tests {
             "an empty database has no profiles table"
         );
         assert!(!ev.holds(&(1, 7)));
-        assert_eq!(ev.room(), super::IN_FLIGHT);
+        assert_eq!(ev.room(), super::IN_FLIGHT_PER_THREAD);
     }
 
     /// What a commit touched is kept only while a batch handed out before it is out or waiting to be written.
     #[test]
     fn what_a_commit_touched_is_forgotten_once_no_older_batch_is_out() {
-        let mut ev = Evaluator::start(rusqlite::Connection::open_in_memory().unwrap()).unwrap();
+        let mut ev =
+            Evaluator::start(vec![rusqlite::Connection::open_in_memory().unwrap()]).unwrap();
         ev.hand_out(0, vec![(1, 1)]);
         ev.committed([(1, 7)], false);
         assert!(ev.touched.contains_key(&(1, 7)));
@@ -351,5 +409,45 @@ mod tests {
         ev.committed([(1, 8)], false);
         assert!(!ev.touched.contains_key(&(1, 7)));
         assert!(ev.touched.contains_key(&(1, 8)));
+    }
+
+    /// Threads finish in any order: a later batch back first leaves the older one out, and what touched the
+    /// older one's profiles since it was handed out is still remembered, so it is found stale.
+    #[test]
+    fn a_batch_back_before_an_older_one_keeps_the_older_ones_changes() {
+        // No threads: the batches are handed out and brought back by hand, in the order the test needs.
+        let mut ev = Evaluator::start(Vec::new()).unwrap();
+        ev.out.push_back(0);
+        ev.committed([(1, 7)], false);
+        ev.out.push_back(1);
+        ev.back(Batch {
+            profiles: vec![(1, 8)],
+            ..batch(1)
+        });
+        assert_eq!(ev.out, [0]);
+        ev.committed([(1, 9)], false);
+        let older = Batch {
+            profiles: vec![(1, 7)],
+            ..batch(0)
+        };
+        assert!(ev.stale(&older, &(1, 7)), "touched after it was handed out");
+        ev.back(older);
+        assert!(ev.out.is_empty());
+        assert_eq!(ev.room(), 0, "two batches back and not yet written");
+    }
+
+    /// While the log is ahead of the projections one thread's batches may be out; once caught up, every
+    /// thread's.
+    #[test]
+    fn while_the_log_is_ahead_one_threads_batches_are_out() {
+        let conns = (0..3).map(|_| rusqlite::Connection::open_in_memory().unwrap());
+        let mut ev = Evaluator::start(conns.collect()).unwrap();
+        assert_eq!(ev.room(), 3 * super::IN_FLIGHT_PER_THREAD);
+        ev.pace(true);
+        assert_eq!(ev.room(), super::IN_FLIGHT_PER_THREAD);
+        ev.out.push_back(0);
+        assert_eq!(ev.room(), super::IN_FLIGHT_PER_THREAD - 1);
+        ev.pace(false);
+        assert_eq!(ev.room(), 3 * super::IN_FLIGHT_PER_THREAD - 1);
     }
 }

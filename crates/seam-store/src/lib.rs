@@ -105,10 +105,10 @@ pub struct Stats {
     /// Decision work still queued: profiles waiting for their segments to be evaluated (a backfill shows
     /// here), events for journeys, due timers; each kind counted up to 10,000.
     pub pending_evaluations: AtomicI64,
-    /// Profiles whose segments were decided from what the evaluator thread found on a snapshot.
+    /// Profiles whose segments were decided from what an evaluator thread found on a snapshot.
     pub evaluated_apart: AtomicU64,
-    /// Profiles the evaluator thread evaluated that changed before what it found could be written, so were
-    /// evaluated again by the projector.
+    /// Profiles an evaluator thread evaluated that changed before what it found could be written, so were
+    /// left queued to be evaluated again.
     pub evaluated_again: AtomicU64,
     /// The last poke generation a projector pass answered.
     pub passes: AtomicU64,
@@ -370,12 +370,16 @@ impl Store {
             delivery,
         )?
         .restarting_wal(data_dir.join(format!("{PROJECTIONS_FILE}-wal")))
-        .evaluating({
-            let c = open_connection(&data_dir.join(PROJECTIONS_FILE), true)?;
-            let uri = format!("file:{}?mode=ro", data_dir.join(DB_FILE).display());
-            c.execute("ATTACH DATABASE ?1 AS log", [uri])?;
-            c
-        })?
+        .evaluating(
+            (0..evaluator::threads())
+                .map(|_| {
+                    let c = open_connection(&data_dir.join(PROJECTIONS_FILE), true)?;
+                    let uri = format!("file:{}?mode=ro", data_dir.join(DB_FILE).display());
+                    c.execute("ATTACH DATABASE ?1 AS log", [uri])?;
+                    Ok(c)
+                })
+                .collect::<rusqlite::Result<_>>()?,
+        )?
         .start(tx.clone(), wakeup.clone(), stats.clone(), applied_tx, clock)?;
         let checkpointer = writer::Checkpointer::start(
             vec![

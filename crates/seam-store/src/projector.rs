@@ -28,8 +28,8 @@ const READ_AT_ONCE: usize = 5_000;
 #[cfg(test)]
 const READ_AT_ONCE: usize = 3;
 
-/// Queued profiles evaluated in one decision pass on the projector's thread (the evaluator takes them in batches
-/// of `evaluator::BATCH`).
+/// Queued profiles evaluated in one decision pass on the projector's thread (the evaluator threads take them in
+/// batches of `evaluator::BATCH`).
 const EVALUATED_PER_PASS: usize = 2_000;
 
 /// How the log writer and the store tell the projector that there is work (or that it should stop).
@@ -240,10 +240,10 @@ impl Projector {
         })
     }
 
-    /// Hands queued evaluations to a thread of their own that reads the projections through `reader` (the
-    /// projections as `main`, the log attached as `log`).
-    pub(crate) fn evaluating(mut self, reader: Connection) -> Result<Self, StoreError> {
-        self.evaluator = Some(crate::evaluator::Evaluator::start(reader)?);
+    /// Hands queued evaluations to threads of their own, one for each of `readers` (the projections as
+    /// `main`, the log attached as `log`).
+    pub(crate) fn evaluating(mut self, readers: Vec<Connection>) -> Result<Self, StoreError> {
+        self.evaluator = Some(crate::evaluator::Evaluator::start(readers)?);
         Ok(self)
     }
 
@@ -556,6 +556,9 @@ impl Projector {
             send(step.emitted)?;
         }
         loop {
+            if let Some(ev) = &mut self.evaluator {
+                ev.pace(stats.log_seq.load(Ordering::SeqCst) > self.applied_seq);
+            }
             let decided = self.decide(clock.now_ms())?;
             stats
                 .pending_evaluations

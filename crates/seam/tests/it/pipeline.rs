@@ -173,7 +173,7 @@ async fn send_all(base: &str, write_key: &str, events: &[seam::bench::shop::GenE
 }
 
 /// With twenty segments active, a computed trait defined over existing traffic queues everyone at once: they
-/// are evaluated on the evaluator's thread, in batches, while more traffic arrives and changes
+/// are evaluated on the evaluator threads, in batches, while more traffic arrives and changes
 /// some of them meanwhile. Every live profile's memberships and computed trait then equal an evaluation of its
 /// whole history from scratch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
