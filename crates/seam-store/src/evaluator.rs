@@ -30,8 +30,8 @@ const IN_FLIGHT_PER_THREAD: usize = 2;
 /// Evaluator threads: two a core, at most eight. In a drain of queued evaluations (after a backlog of events
 /// was applied) the evaluation is the bottleneck and the projector, writing what was found, idles most of the
 /// time (BENCHMARKS, "Evaluators on every core"); an evaluation also waits for pages of the log read from the
-/// disk, and with one thread a core those waits left the cores a third idle (BENCHMARKS, "Two evaluator
-/// threads a core").
+/// disk, and with one thread a core those waits left the cores about two fifths idle (BENCHMARKS, "Two
+/// evaluator threads a core").
 pub(crate) fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| (2 * n.get()).clamp(2, 8))
 }
