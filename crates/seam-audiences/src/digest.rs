@@ -39,6 +39,11 @@ struct Need {
     /// After how long an event stops mattering; `None`: never.
     keep: Option<Millis>,
     properties: BTreeSet<String>,
+    /// Durations after an event at which a result may change because of it (windows, `N ago`, `within`), for
+    /// [`Needs::next_change`]. Not part of the fingerprint: they change no digest (`keep` says how long one
+    /// holds an event).
+    #[serde(skip)]
+    durations: BTreeSet<Millis>,
 }
 
 impl Needs {
@@ -59,6 +64,7 @@ impl Needs {
                         keep: (!u.forever)
                             .then(|| u.durations.last().copied().unwrap_or(0) + MARGIN),
                         properties: u.properties.into_iter().map(str::to_owned).collect(),
+                        durations: u.durations,
                     };
                     (name.to_owned(), need)
                 })
@@ -97,6 +103,33 @@ impl Needs {
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
         h as i64
+    }
+
+    /// The earliest instant after `now` at which the result of one of these definitions for a person with
+    /// `events` may change with no new event: an event entering or leaving a window, a `N days ago` threshold
+    /// passing an event's time, a sequence's time running out. `None` when only new events can change them. It
+    /// may be earlier than the actual change (the caller evaluates again then and asks again), never later: the
+    /// scheduler of time-driven membership relies on it. The same as the earliest of each definition's own,
+    /// found in one pass over the events.
+    pub fn next_change(&self, events: &[PersonEvent], now: Millis) -> Option<Millis> {
+        let mut next: Option<Millis> = None;
+        let mut consider = |t: Millis| {
+            if t > now {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for ev in events {
+            let Some(need) = self.events.get(&ev.name) else {
+                continue;
+            };
+            consider(ev.at);
+            for d in &need.durations {
+                // Windows are half-open, comparisons strict or not: the flip is at the instant or the one after.
+                consider(ev.at + d);
+                consider(ev.at + d + 1);
+            }
+        }
+        next
     }
 
     /// Adds an event to the digest if a definition may read it; keeps only the properties read. Events may

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::ast::{Agg, Cmp, EventSel, Expr, Literal, Metric, Operand, Test, Window};
+use crate::digest::Needs;
 use crate::print::print;
 
 use seam_core::clock::format_rfc3339 as rfc3339;
@@ -536,30 +537,9 @@ fn print_duration(d: &crate::ast::Duration) -> String {
 }
 
 /// The earliest instant after `now` at which the definition's result for this person may change with no new
-/// event: an event entering or leaving a window, a `N days ago` threshold passing an event's time, a sequence's
-/// time running out. `None` when only new events can change it. It may be earlier than the actual change (the
-/// caller re-evaluates then and asks again), never later: the scheduler of time-driven membership relies on it.
+/// event (see [`Needs::next_change`], which gives it for several definitions at once).
 pub fn next_change(e: &Expr, person: &Person<'_>, now: Millis) -> Option<Millis> {
-    let mut uses = Uses::default();
-    uses.expr(e);
-    let mut next: Option<Millis> = None;
-    let mut consider = |t: Millis| {
-        if t > now {
-            next = Some(next.map_or(t, |n| n.min(t)));
-        }
-    };
-    for ev in person.events {
-        let Some(durations) = uses.events.get(ev.name.as_str()) else {
-            continue;
-        };
-        consider(ev.at);
-        for d in &durations.durations {
-            // Windows are half-open, comparisons strict or not: the flip is at the instant or the one after.
-            consider(ev.at + d);
-            consider(ev.at + d + 1);
-        }
-    }
-    next
+    Needs::of([e], []).next_change(person.events, now)
 }
 
 /// How definitions use the events of one name.
@@ -722,7 +702,8 @@ impl Library {
         Evaluator::new(&person, now, explaining).explain(e)
     }
 
-    /// Whether the person is in `e`, and when time alone may change that.
+    /// Whether the person is in `e`. When time alone may change that is [`Needs::next_change`] of the
+    /// definitions evaluated together (with those `e` refers to).
     pub fn evaluate(
         &self,
         e: &Expr,
@@ -730,30 +711,15 @@ impl Library {
         identities: &[(String, String)],
         events: &[PersonEvent],
         now: Millis,
-    ) -> (bool, Option<Millis>) {
-        let member = self
-            .explain_at(e, traits, identities, events, now, 0, false)
-            .result;
-        let person = Person {
-            traits,
-            identities,
-            events,
-            in_segment: &|_| false,
-        };
-        (member, next_change(e, &person, now))
+    ) -> bool {
+        self.explain_at(e, traits, identities, events, now, 0, false)
+            .result
     }
 }
 
-/// The value of a measure for a person at `now` (a computed trait), and when time alone may change it.
-/// Times are milliseconds since the epoch; `None` when there is nothing to measure.
-pub fn measure(m: &Metric, person: &Person<'_>, now: Millis) -> (Option<Value>, Option<Millis>) {
-    let value = Evaluator::new(person, now, false).metric(m).as_value();
-    let probe = Expr::Compare {
-        left: m.clone(),
-        cmp: Cmp::Eq,
-        right: Operand::Value {
-            value: Literal::Number(0.0),
-        },
-    };
-    (value, next_change(&probe, person, now))
+/// The value of a measure for a person at `now` (a computed trait); `None` when there is nothing to measure.
+/// Times are milliseconds since the epoch. When time alone may change it is [`Needs::next_change`] of the
+/// measures (and definitions) evaluated together.
+pub fn measure(m: &Metric, person: &Person<'_>, now: Millis) -> Option<Value> {
+    Evaluator::new(person, now, false).metric(m).as_value()
 }

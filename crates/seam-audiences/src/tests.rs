@@ -628,6 +628,7 @@ mod time {
     use proptest::prelude::*;
     use serde_json::{json, Map};
 
+    use crate::digest::Needs;
     use crate::eval::{evaluate, next_change, Person, PersonEvent};
     use crate::parse;
 
@@ -702,6 +703,22 @@ mod time {
                 }
             }
         }
+
+        /// The next change of several definitions found at once is the earliest of each one's own: a person
+        /// evaluated against all of them is woken when the first of them may change.
+        #[test]
+        fn the_next_change_of_several_definitions_is_the_earliest_of_each(
+            events in history(),
+            defs in prop::collection::btree_set(0..DEFINITIONS.len(), 1..4),
+            offset in 0i64..(5 * DAY),
+        ) {
+            let exprs: Vec<_> = defs.iter().map(|&d| parse(DEFINITIONS[d]).unwrap()).collect();
+            let traits = Map::new();
+            let person = Person { traits: &traits, identities: &[], events: &events, in_segment: &|_| false };
+            let now = START + offset;
+            let each = exprs.iter().filter_map(|e| next_change(e, &person, now)).min();
+            prop_assert_eq!(Needs::of(&exprs, []).next_change(&events, now), each);
+        }
     }
 }
 
@@ -741,7 +758,8 @@ mod computed {
         ] {
             let m = parse_metric(text).unwrap();
             assert_eq!(parse_metric(&print_metric(&m)).unwrap(), m);
-            let (v, next) = measure(&m, &person, now);
+            let v = measure(&m, &person, now);
+            let next = crate::digest::Needs::of([], [&m]).next_change(&events, now);
             assert_eq!(v, Some(value), "{text}");
             assert_eq!(next.is_some(), changes, "{text}");
         }
@@ -971,6 +989,7 @@ mod digests {
                     for (m, text) in metrics.iter().zip(&measures) {
                         prop_assert_eq!(measure(m, &part, now), measure(m, &whole, now), "{} at {}", text, now);
                     }
+                    prop_assert_eq!(needs.next_change(&kept, now), needs.next_change(&full, now), "at {}", now);
                     now += step / 2;
                 }
             }

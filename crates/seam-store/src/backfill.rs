@@ -228,7 +228,7 @@ pub(crate) fn preview(
         out.profiles_evaluated += people.len();
         for mut p in people {
             let events = p.digested(&needs, now);
-            let (member, _) = library.evaluate(expr, &p.traits, &p.identities, &events, now);
+            let member = library.evaluate(expr, &p.traits, &p.identities, &events, now);
             if member {
                 out.count += 1;
                 if out.sample.len() < PREVIEW_SAMPLE {
@@ -285,19 +285,17 @@ pub(crate) fn step(
             let mut out = Recorder::new(&tx, now)?;
             for mut p in people {
                 let events = p.digested(&needs, now);
-                let mut next: Option<Millis> = None;
                 for (id, name, expr) in &affected {
-                    let (member, change) =
+                    let member =
                         defs.library
                             .evaluate(expr, &p.traits, &p.identities, &events, now);
-                    if let Some(c) = change {
-                        next = Some(next.map_or(c, |n| n.min(c)));
-                    }
                     if member != members[id.as_str()].contains(&p.profile) {
                         out.change(ws, p.profile, id, name, member)?;
                     }
                 }
-                if let Some(due) = next {
+                // The needs include the segments those affected refer to: a change of theirs that time
+                // alone brings may change the affected ones.
+                if let Some(due) = needs.next_change(&events, now) {
                     tx.prepare_cached(
                         // Brought forward only: a later timer of the person's other segments fires early, and
                         // its evaluation sets the next one.
@@ -655,9 +653,9 @@ mod tests {
                 let d =
                     crate::segments::person_data(&conn, "main", "log", WorkspaceKey(1), profile)
                         .unwrap();
-                let (member, _) =
-                    defs.library
-                        .evaluate(&expr, &d.traits, &d.identities, &d.events, now);
+                let member = defs
+                    .library
+                    .evaluate(&expr, &d.traits, &d.identities, &d.events, now);
                 if member {
                     expected.push(ProfileId::from_seq(profile));
                 }

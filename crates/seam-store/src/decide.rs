@@ -22,7 +22,7 @@ use seam_core::{EventType, Millis, Seq};
 use crate::evaluator::{Evaluator, Key};
 use crate::outbox::Emitted;
 use crate::process::Touched;
-use crate::segments::{person_profile, track_events, tracked};
+use crate::segments::{live_person_profile, track_events, tracked};
 use crate::{StoreError, WorkspaceKey};
 
 /// How far a pass counts the work still queued: enough to report a backlog, bounded so that a pass costs
@@ -329,18 +329,11 @@ pub(crate) fn assess(
     now: Millis,
     fresh: Option<Fresh<'_>>,
 ) -> Result<Option<Assessment>, StoreError> {
-    if !live(conn, ws, profile)? {
+    let Some(mut data) = live_person_profile(conn, "main", WorkspaceKey(ws), profile)? else {
         return Ok(None);
-    }
-    let mut data = person_profile(conn, "main", WorkspaceKey(ws), profile)?;
+    };
     let (events, digest) = digest_events(conn, d, ws, profile, now, fresh)?;
     data.events = events;
-    let mut next: Option<Millis> = None;
-    let mut soonest = |c: Option<Millis>| {
-        if let Some(c) = c {
-            next = Some(next.map_or(c, |n: Millis| n.min(c)));
-        }
-    };
     // Computed traits first: segments may use them as `trait computed.<name>`.
     let mut computed = Vec::with_capacity(d.computed.len());
     if !d.computed.is_empty() {
@@ -352,8 +345,7 @@ pub(crate) fn assess(
             in_segment: &|_| false,
         };
         for (name, m) in &d.computed {
-            let (value, change) = measure(m, &person, now);
-            soonest(change);
+            let value = measure(m, &person, now);
             if let Some(v) = &value {
                 values.insert(name.clone(), v.clone());
             }
@@ -368,14 +360,15 @@ pub(crate) fn assess(
         .collect::<Result<_, _>>()?;
     let mut changes = Vec::new();
     for (id, name, expr) in &d.segments {
-        let (member, change) =
-            d.library
-                .evaluate(expr, &data.traits, &data.identities, &data.events, now);
-        soonest(change);
+        let member = d
+            .library
+            .evaluate(expr, &data.traits, &data.identities, &data.events, now);
         if member != current.contains(id) {
             changes.push((id.clone(), name.clone(), member));
         }
     }
+    // When time alone may change one of them: the needs are those of every segment and computed trait.
+    let next = d.needs.next_change(&data.events, now);
     Ok(Some(Assessment {
         digest,
         computed,

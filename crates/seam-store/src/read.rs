@@ -185,6 +185,11 @@ pub(crate) fn state_of(
         .query_row(params![ws.0, k], |r| r.get(0))
         .optional()?
         .flatten();
+    parse_state(state)
+}
+
+/// A profile's state from its stored form (none stored: the empty state).
+pub(crate) fn parse_state(state: Option<String>) -> Result<ProfileState, StoreError> {
     Ok(match state {
         Some(s) => serde_json::from_str(&s)?,
         None => ProfileState::default(),

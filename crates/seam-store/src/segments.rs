@@ -8,13 +8,14 @@ use rusqlite::{params, OptionalExtension};
 use seam_audiences::{Expr, Library, PersonEvent};
 use seam_core::clock::format_rfc3339;
 use seam_core::{Event, EventType, Millis, ProfileId};
+use seam_profiles::ProfileState;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::backfill::{self, Budget, PROFILES_PER_STEP};
 pub use crate::backfill::{Preview, PREVIEW_SAMPLE};
 use crate::process::key;
-use crate::read::{identities_of, state_of};
+use crate::read::{identities_of, parse_state, state_of};
 use crate::{LogRow, Store, StoreError, WorkspaceKey};
 
 /// A person's segments for the API. The index is named: without statistics SQLite's planner walks every
@@ -293,6 +294,37 @@ pub(crate) fn person_profile(
     k: i64,
 ) -> Result<PersonData, StoreError> {
     let state = state_of(c, proj, ws, k)?;
+    person_with(c, proj, ws, k, state)
+}
+
+/// Like [`person_profile`], for a profile that exists and was not merged away (`None` otherwise): the
+/// profile's row is read once for both.
+pub(crate) fn live_person_profile(
+    c: &rusqlite::Connection,
+    proj: &str,
+    ws: WorkspaceKey,
+    k: i64,
+) -> Result<Option<PersonData>, StoreError> {
+    let row: Option<(bool, Option<String>)> = c
+        .prepare_cached(&format!(
+            "SELECT merged_into IS NULL, state FROM {proj}.profiles WHERE ws = ?1 AND profile = ?2"
+        ))?
+        .query_row(params![ws.0, k], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        Some((true, state)) => Ok(Some(person_with(c, proj, ws, k, parse_state(state)?)?)),
+        _ => Ok(None),
+    }
+}
+
+/// The rest of what [`person_profile`] reads, given the profile's state.
+fn person_with(
+    c: &rusqlite::Connection,
+    proj: &str,
+    ws: WorkspaceKey,
+    k: i64,
+    state: ProfileState,
+) -> Result<PersonData, StoreError> {
     let identities = identities_of(c, proj, ws, k)?;
     let mut traits = state.into_trait_values();
     let computed = computed_traits_of(c, proj, ws, k)?;

@@ -270,7 +270,7 @@ async fn memberships_decided_off_the_projector_equal_an_evaluation_from_scratch(
             events: &person.events,
             in_segment: &|_| false,
         };
-        let (expected, _) = seam_audiences::measure(&metric, &whole, NOW);
+        let expected = seam_audiences::measure(&metric, &whole, NOW);
         assert_eq!(stored.get("lifetime_spend"), expected.as_ref(), "{profile}");
         let inside: BTreeSet<String> = store
             .memberships_of(ws, &profile)
@@ -280,7 +280,7 @@ async fn memberships_decided_off_the_projector_equal_an_evaluation_from_scratch(
             .collect();
         for (id, name, text) in &defs {
             let expr = seam_audiences::parse(text).unwrap();
-            let (member, _) = library.evaluate(
+            let member = library.evaluate(
                 &expr,
                 &person.traits,
                 &person.identities,
