@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 use seam_audiences::ast::Expr;
+use seam_audiences::digest::Needs;
 use seam_audiences::PersonEvent;
 use seam_core::clock::{format_rfc3339, parse_rfc3339};
 use seam_core::Millis;
@@ -198,6 +199,8 @@ pub struct World {
     end: Millis,
     policy: Policy,
     segments: Vec<(String, Expr)>,
+    /// What the segments read of events, for when time alone may change one of them.
+    needs: Needs,
     templates: BTreeMap<String, Arc<Template>>,
     journeys: Vec<Journey>,
     people: BTreeMap<String, Person>,
@@ -433,6 +436,7 @@ impl World {
             now: start,
             end,
             policy,
+            needs: Needs::of(segments.iter().map(|(_, e)| e), []),
             segments,
             templates,
             journeys,
@@ -768,20 +772,7 @@ impl World {
                 }
                 inside = next;
             }
-            let wake = self
-                .segments
-                .iter()
-                .filter_map(|(_, e)| {
-                    let person = seam_audiences::Person {
-                        traits: &p.traits,
-                        identities: &p.identities,
-                        events: &p.events,
-                        in_segment: &|s| inside.contains(s),
-                    };
-                    seam_audiences::next_change(e, &person, now)
-                })
-                .filter(|t| *t > now)
-                .min();
+            let wake = self.needs.next_change(&p.events, now);
             let p = self.people.get_mut(profile).expect("profile");
             p.segment_wake = wake;
             let changes = before
